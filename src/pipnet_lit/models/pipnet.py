@@ -1,0 +1,104 @@
+"""PIPNet: a torchvision trunk, optional stride-changing layers, and the PIP head, in one nn.Module.
+
+Parameter names match the official `lib/networks.py` classes of the same backbone and stride, so their
+state_dicts load with `strict=True` (ResNets, MobileNetV2; see `backbones.py` for MobileNetV3).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pipnet_lit.models.backbones import EXTRA_CHANNELS, build_stride_layers, build_trunk, get_backbone_spec
+from pipnet_lit.models.heads import HEAD_LAYER_NAMES, apply_pip_head, build_pip_head
+from pipnet_lit.pip.types import PIPOutputs
+
+
+class PIPNet(nn.Module):
+    """Pixel-in-Pixel Net.
+
+    Args:
+        backbone: "resnet18", "resnet50", "resnet101", "mobilenet_v2" or "mobilenet_v3" (MobileNetV3-large).
+        num_landmarks: L, landmarks per face.
+        num_nb: neighbours per landmark predicted by the nb heads.
+        net_stride: input pixels per grid cell: resnet18 16/32/64/128, resnet50/101 32/64/128, MobileNets 32.
+        pretrained: load torchvision ImageNet weights into the trunk (from the torch hub cache, downloading
+            if needed; RuntimeError naming the expected file when offline).
+        input_size: side of the square input crop used for training (kept for `grid_size()`).
+
+    forward(x (B, 3, H, W), ImageNet-normalized RGB) -> PIPOutputs with score/offset_x/offset_y
+    (B, L, H/s, W/s) and nb_x/nb_y (B, L*num_nb, H/s, W/s), raw (no activation).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet18",
+        num_landmarks: int = 68,
+        num_nb: int = 10,
+        net_stride: int = 32,
+        pretrained: bool = False,
+        input_size: int = 256,
+    ) -> None:
+        super().__init__()
+        spec = get_backbone_spec(backbone, net_stride)
+        if num_landmarks < 1 or num_nb < 1:
+            raise ValueError(f"num_landmarks and num_nb must be >= 1, got {num_landmarks} and {num_nb}.")
+        if input_size < net_stride or input_size % net_stride:
+            raise ValueError(
+                f"input_size={input_size} must be a positive multiple of net_stride={net_stride} "
+                "(the head's grid is input_size / net_stride cells)."
+            )
+        self.backbone_name = backbone
+        self.num_landmarks = num_landmarks
+        self.num_nb = num_nb
+        self.net_stride = net_stride
+        self.input_size = input_size
+
+        trunk = build_trunk(backbone, pretrained=pretrained)
+        stride_layers = build_stride_layers(spec.channels, net_stride)
+        for name, module in {**trunk, **stride_layers}.items():
+            self.add_module(name, module)
+        self._trunk_names: tuple[str, ...] = tuple(trunk)
+        names = tuple(stride_layers)
+        # (conv, bn) pairs, each applied as relu(bn(conv(x))).
+        self._stride_pairs: tuple[tuple[str, str], ...] = tuple(zip(names[0::2], names[1::2], strict=True))
+
+        self.feature_channels = EXTRA_CHANNELS if stride_layers else spec.channels
+        for name, conv in build_pip_head(self.feature_channels, num_landmarks, num_nb).items():
+            self.add_module(name, conv)
+
+    def grid_size(self, input_size: int | tuple[int, int] | None = None) -> tuple[int, int]:
+        """Head grid (h, w) for an input of `input_size` (side, or (H, W); default the configured size)."""
+        if input_size is None:
+            input_size = self.input_size
+        height, width = (input_size, input_size) if isinstance(input_size, int) else input_size
+        if height % self.net_stride or width % self.net_stride or height < 1 or width < 1:
+            raise ValueError(
+                f"Input size {(height, width)} is not a positive multiple of net_stride={self.net_stride}."
+            )
+        return height // self.net_stride, width // self.net_stride
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Trunk and stride layers: (B, 3, H, W) -> (B, feature_channels, H/s, W/s)."""
+        if not torch.jit.is_tracing() and (x.ndim != 4 or x.shape[1] != 3):
+            raise ValueError(f"PIPNet expects images of shape (B, 3, H, W), got {tuple(x.shape)}.")
+        for name in self._trunk_names:
+            x = self._modules[name](x)
+        for conv_name, bn_name in self._stride_pairs:
+            x = F.relu(self._modules[bn_name](self._modules[conv_name](x)))
+        return x
+
+    def forward_head(self, features: Tensor) -> PIPOutputs:
+        """PIP head on a feature map (B, C, h, w) -> PIPOutputs on the same (h, w) grid."""
+        return apply_pip_head(features, *(self._modules[name] for name in HEAD_LAYER_NAMES))
+
+    def forward(self, x: Tensor) -> PIPOutputs:
+        """(B, 3, H, W) ImageNet-normalized RGB -> PIPOutputs on the (H/s, W/s) grid."""
+        return self.forward_head(self.forward_features(x))
+
+    def extra_repr(self) -> str:
+        return (
+            f"backbone={self.backbone_name!r}, num_landmarks={self.num_landmarks}, num_nb={self.num_nb}, "
+            f"net_stride={self.net_stride}, input_size={self.input_size}"
+        )
