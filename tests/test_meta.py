@@ -1,0 +1,60 @@
+"""Dataset facts are data: the built-in YAML files load, validate, and bad files fail with clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipnet_lit.datasets.meta import MetaError, load_dataset_meta, load_landmark_scheme
+
+OFFICIAL_300W_FLIP_1BASED = [
+    17, 16, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 27, 26, 25, 24, 23, 22, 21, 20, 19, 18, 28,
+    29, 30, 31, 36, 35, 34, 33, 32, 46, 45, 44, 43, 48, 47, 40, 39, 38, 37, 42, 41, 55, 54, 53, 52, 51,
+    50, 49, 60, 59, 58, 57, 56, 65, 64, 63, 62, 61, 68, 67, 66,
+]  # fmt: skip
+
+
+def test_ibug68_flip_matches_official_points_flip():
+    scheme = load_landmark_scheme("ibug68")
+    assert scheme.num_landmarks == 68
+    assert list(scheme.flip_permutation) == [i - 1 for i in OFFICIAL_300W_FLIP_1BASED]
+    assert scheme.norm_indices("inter_ocular") == ((36,), (45,))
+    assert scheme.norm_indices("inter_pupil") == (tuple(range(36, 42)), tuple(range(42, 48)))
+
+
+def test_300w_splits_match_the_paper_protocol():
+    meta = load_dataset_meta("300w")
+    assert meta.train_folders == ("afw", "helen/trainset", "lfpw/trainset")
+    assert meta.test_splits["common"] == ("helen/testset", "lfpw/testset")
+    assert meta.test_splits["challenge"] == ("ibug",)
+    assert set(meta.test_splits["full"]) == {"helen/testset", "lfpw/testset", "ibug"}
+    assert meta.crop_scale == pytest.approx(1.1)
+    assert meta.default_norm == "inter_ocular"
+
+
+def test_unknown_name_lists_known_ones():
+    with pytest.raises(MetaError, match="known:.*300w"):
+        load_dataset_meta("no_such_dataset")
+
+
+def test_custom_scheme_from_yaml_path(tmp_path):
+    path = tmp_path / "five.yaml"
+    path.write_text("num_landmarks: 5\nflip_permutation: [1, 0, 2, 4, 3]\nnorms:\n  inter_ocular: [[0], [1]]\n")
+    scheme = load_landmark_scheme(str(path))
+    assert scheme.num_landmarks == 5 and scheme.flip_permutation == (1, 0, 2, 4, 3)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("num_landmarks: 3\nflip_permutation: [0, 1]\n", "permutation of 0..2"),
+        ("num_landmarks: 3\nflip_permutation: [1, 2, 0]\n", "applying it twice"),
+        ("flip_permutation: [0]\n", "missing key 'num_landmarks'"),
+        ("num_landmarks: 2\nflip_permutation: [0, 1]\nnorms:\n  inter_ocular: [[0], [7]]\n", "norms.inter_ocular"),
+    ],
+)
+def test_bad_scheme_errors_name_the_file_and_key(tmp_path, body, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(body)
+    with pytest.raises(MetaError, match=message) as err:
+        load_landmark_scheme(str(path))
+    assert str(path) in str(err.value)
