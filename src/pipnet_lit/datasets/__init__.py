@@ -1,0 +1,1 @@
+"""Dataset readers, official-protocol crops, and the Lightning data plumbing built on them."""
