@@ -38,7 +38,9 @@ def test_unknown_name_lists_known_ones():
 
 def test_custom_scheme_from_yaml_path(tmp_path):
     path = tmp_path / "five.yaml"
-    path.write_text("num_landmarks: 5\nflip_permutation: [1, 0, 2, 4, 3]\nnorms:\n  inter_ocular: [[0], [1]]\n")
+    path.write_text(
+        "num_landmarks: 5\nflip_permutation: [1, 0, 2, 4, 3]\nnorms:\n  inter_ocular: [[0], [1]]\n"
+    )
     scheme = load_landmark_scheme(str(path))
     assert scheme.num_landmarks == 5 and scheme.flip_permutation == (1, 0, 2, 4, 3)
 
@@ -49,7 +51,10 @@ def test_custom_scheme_from_yaml_path(tmp_path):
         ("num_landmarks: 3\nflip_permutation: [0, 1]\n", "permutation of 0..2"),
         ("num_landmarks: 3\nflip_permutation: [1, 2, 0]\n", "applying it twice"),
         ("flip_permutation: [0]\n", "missing key 'num_landmarks'"),
-        ("num_landmarks: 2\nflip_permutation: [0, 1]\nnorms:\n  inter_ocular: [[0], [7]]\n", "norms.inter_ocular"),
+        (
+            "num_landmarks: 2\nflip_permutation: [0, 1]\nnorms:\n  inter_ocular: [[0], [7]]\n",
+            "norms.inter_ocular",
+        ),
     ],
 )
 def test_bad_scheme_errors_name_the_file_and_key(tmp_path, body, message):

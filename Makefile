@@ -1,0 +1,41 @@
+# Every target installs what it needs into .venv (pip; idempotent: re-runs only when pyproject.toml changes).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export WANDB_MODE ?= offline
+export NO_ALBUMENTATIONS_UPDATE := 1
+
+.PHONY: install test test-fast demo lint format bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch/torchvision pinned exactly: they come from local disk (a range would pull a multi-GB build)
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	WANDB_DIR=$$(mktemp -d) $(PY) -m pytest
+
+test-fast: install
+	WANDB_DIR=$$(mktemp -d) $(PY) -m pytest -m "not slow"
+
+demo: install
+	$(PY) -m pipnet_lit.train +experiment=synthetic ckpt_path=last
+
+lint: install
+	$(VENV)/bin/ruff check src tests experiments
+	$(VENV)/bin/ruff format --check src tests experiments
+
+format: install
+	$(VENV)/bin/ruff format src tests experiments
+	$(VENV)/bin/ruff check --fix src tests experiments
+
+bench: install
+	$(PY) experiments/bench/bench_cpu.py
+
+clean:
+	rm -rf outputs multirun .pytest_cache

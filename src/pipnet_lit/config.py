@@ -1,0 +1,58 @@
+"""Hydra/OmegaConf glue: where the configs live, custom resolvers, and building objects from config groups."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+#: The repository's `conf/` directory (Hydra config groups).
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def _num_landmarks(meta: str) -> int:
+    from pipnet_lit.datasets.meta import load_dataset_meta
+
+    return load_dataset_meta(str(meta)).landmarks.num_landmarks
+
+
+def _default_norm(meta: str) -> str:
+    from pipnet_lit.datasets.meta import load_dataset_meta
+
+    return load_dataset_meta(str(meta)).default_norm
+
+
+def register_resolvers() -> None:
+    """`${pipnet.num_landmarks:<data.meta>}` and `${pipnet.default_norm:<data.meta>}` read dataset facts."""
+    for name, fn in (("pipnet.num_landmarks", _num_landmarks), ("pipnet.default_norm", _default_norm)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
+
+
+def check_config_dir() -> str:
+    if not (CONFIG_DIR / "train.yaml").is_file():
+        raise FileNotFoundError(
+            f"Hydra configs not found at {CONFIG_DIR}; run from a checkout of pipnet-lit installed with "
+            "`pip install -e .` (the configs live in the repository's conf/ folder)"
+        )
+    return str(CONFIG_DIR)
+
+
+def instantiate_group(cfg: DictConfig | None) -> list[Any]:
+    """Instantiate each entry of a name -> config mapping (callbacks, loggers); `null` entries are skipped."""
+    from hydra.utils import instantiate
+
+    if not cfg:
+        return []
+    objects = []
+    for name, item in cfg.items():
+        if item is None:
+            continue
+        if not isinstance(item, DictConfig) or "_target_" not in item:
+            raise ValueError(f"config entry {name!r} needs a _target_ (got {OmegaConf.to_yaml(item)!r})")
+        objects.append(instantiate(item))
+    return objects
+
+
+register_resolvers()

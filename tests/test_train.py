@@ -1,0 +1,149 @@
+"""End to end: every experiment's fast_dev_run, a real short fit with resume, evaluation, prediction."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+from pipnet_lit.config import CONFIG_DIR
+from pipnet_lit.datasets.pts import read_pts
+from pipnet_lit.synthetic import generate_dataset
+from pipnet_lit.train import train
+
+REPO = Path(__file__).parents[1]
+EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+W300_FOLDERS = {
+    "afw": "trainset",
+    "helen/trainset": "trainset",
+    "lfpw/trainset": "trainset",
+    "helen/testset": "common",
+    "lfpw/testset": "common",
+    "ibug": "challenge",
+}
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic")
+    generate_dataset(root, n_train=6, n_common=3, n_challenge=2, n_wild=0, image_size=96, seed=1)
+    return root
+
+
+@pytest.fixture(scope="session")
+def w300_root(synthetic_root, tmp_path_factory) -> Path:
+    """The synthetic faces laid out as the real 300W download (afw/, helen/{trainset,testset}/, ...)."""
+    root = tmp_path_factory.mktemp("300W")
+    for folder, source in W300_FOLDERS.items():
+        shutil.copytree(synthetic_root / source, root / folder)
+    return root
+
+
+def tiny_overrides(root: Path, workdir: Path, meta_root_key: str = "data.root") -> list[str]:
+    return [
+        f"{meta_root_key}={root}",
+        f"data.cache_dir={workdir / 'cache'}",
+        "data.input_size=64",
+        "data.batch_size=2",
+        "data.eval_batch_size=2",
+        "data.num_workers=0",
+        "data.synthetic=null",
+        "model.pretrained=false",
+        "logger=csv",
+        "callbacks.rich_progress_bar=null",
+        "callbacks.model_summary=null",
+    ]
+
+
+def compose_train(overrides: list[str], workdir: Path):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.root_dir = str(workdir)
+        cfg.paths.output_dir = str(workdir / "outputs" / cfg.run_name)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]  # as in a real run: the job's config has no hydra node
+    return cfg
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_fast_dev_run_of_every_experiment(experiment, synthetic_root, w300_root, tmp_path):
+    root = w300_root if experiment.startswith("300w") else synthetic_root
+    overrides = [f"+experiment={experiment}", "+debug=fast", *tiny_overrides(root, tmp_path)]
+    cfg = compose_train(overrides, tmp_path)
+    metrics, objects = train(cfg)
+    dm = objects["datamodule"]
+    assert np.isfinite(metrics["train/loss"])
+    # one metric per evaluation subset, named after the dataset and the normalization
+    for name in dm.eval_subset_names:
+        assert 0 < metrics[f"test/{name}/nme_io"] < 10
+        assert 0 <= metrics[f"test/{name}/fr@0.10"] <= 1
+    expected = {"300w_full", "300w_common", "300w_challenge"} if root == w300_root else {"synthetic_common"}
+    assert expected <= set(dm.eval_subset_names)
+
+
+@pytest.mark.slow
+def test_fit_resume_and_evaluate(synthetic_root, tmp_path):
+    base = ["+experiment=synthetic", *tiny_overrides(synthetic_root, tmp_path), "data.input_size=64"]
+    cfg = compose_train([*base, "trainer.max_epochs=1", "trainer.log_every_n_steps=1"], tmp_path)
+    _, objects = train(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert last.is_file()
+    steps_one_epoch = objects["trainer"].global_step
+    assert steps_one_epoch == 3  # 6 training faces, batch 2
+
+    # A second job with the same run name resumes from last.ckpt and trains one more epoch.
+    cfg = compose_train(
+        [*base, "trainer.max_epochs=2", "trainer.log_every_n_steps=1", "ckpt_path=last"], tmp_path
+    )
+    metrics, objects = train(cfg)
+    assert objects["trainer"].global_step == 2 * steps_one_epoch
+    assert objects["trainer"].current_epoch == 2
+    results = json.loads((run_dir / "test_metrics.json").read_text())
+    assert set(results) == {"synthetic_full", "synthetic_common", "synthetic_challenge"}
+    assert results["synthetic_common"]["nme"] == pytest.approx(metrics["test/synthetic_common/nme_io"])
+    rows = list(csv.DictReader((run_dir / "csv" / "metrics.csv").open()))
+    # the resumed job appended to the killed job's log: validation rows of both epochs are there
+    assert sorted(r["epoch"] for r in rows if r.get("val/synthetic_common/nme_io")) == ["0", "1"]
+    assert sum(1 for r in rows if r.get("train/loss")) == 2 * steps_one_epoch
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    assert bool(ckpt["state_dict"]["meanface_ready"])  # the mean face travels with the weights
+
+    # Evaluation entry point, as a user runs it, on the same data.
+    preds = tmp_path / "preds.csv"
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "pipnet_lit.eval", f"ckpt_path={last}", f"data.root={synthetic_root}",
+            f"data.cache_dir={tmp_path / 'cache'}", "data.num_workers=0", "data.synthetic=null",
+            f"predictions_csv={preds}", f"paths.root_dir={tmp_path}", "trainer.accelerator=cpu",
+        ],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "synthetic_common" in result.stdout and "nme" in result.stdout
+    rows = list(csv.reader(preds.open()))
+    assert rows[0][:4] == ["subset", "image", "x0", "y0"] and len(rows[0]) == 2 + 2 * 68
+    common = [r for r in rows[1:] if r[0] == "synthetic_common"]
+    assert len(common) == 3
+    # predictions are in the source image's pixels: near the annotated face, not in [0, 1]
+    name = common[0][1].split("/", 1)[1].rsplit(".", 1)[0]
+    source_stem = name.split("_", 1)[1]
+    gt = read_pts(synthetic_root / "common" / f"{source_stem}.pts")
+    pred = np.array([float(v) for v in common[0][2:]]).reshape(68, 2)
+    lo, hi = gt.min(0) - 0.5 * np.ptp(gt, 0), gt.max(0) + 0.5 * np.ptp(gt, 0)
+    assert ((pred > lo) & (pred < hi)).all()
