@@ -36,6 +36,7 @@ format: install
 
 bench: install
 	$(PY) experiments/bench/bench_cpu.py
+	$(PY) experiments/bench/bench_cpu.py --size 128 --stride 16 --out experiments/bench/results/cpu_128_s16.json
 
 clean:
 	rm -rf outputs multirun .pytest_cache

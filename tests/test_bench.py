@@ -1,0 +1,32 @@
+"""The CPU benchmark script runs and records its figures (tiny settings; no timing is asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).parents[1]
+
+
+def test_bench_writes_ratios_and_machine_info(tmp_path):
+    out = tmp_path / "bench.json"
+    args = ["--size", "64", "--stride", "32", "--warmup", "0", "--iters", "2", "--train-batch", "2"]
+    args += ["--train-iters", "1", "--threads", "1", "--out", str(out)]
+    result = subprocess.run(
+        [sys.executable, str(REPO / "experiments/bench/bench_cpu.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["machine"]["threads"] == 1 and report["machine"]["cpu"]
+    inference, training = report["inference"], report["training"]
+    assert inference["ours_fps"] == pytest.approx(1000.0 / inference["ours_ms"])
+    assert inference["speedup"] == pytest.approx(inference["baseline_ms"] / inference["ours_ms"])
+    assert training["batch"] == 2 and training["ours_img_s"] > 0
+    assert "speed-up" in result.stdout and "CPU:" in result.stdout
