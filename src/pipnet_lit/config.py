@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -56,3 +57,5 @@ def instantiate_group(cfg: DictConfig | None) -> list[Any]:
 
 
 register_resolvers()
+# Lightning 2.6 trips over its own deprecation with torch 2.14 on every step; it is not actionable here.
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
