@@ -63,3 +63,28 @@ def test_bad_scheme_errors_name_the_file_and_key(tmp_path, body, message):
     with pytest.raises(MetaError, match=message) as err:
         load_landmark_scheme(str(path))
     assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "num_landmarks: 2\nflip_permutation: 5\n",
+        "num_landmarks: 2\nflip_permutation: [0, 1]\nnorms:\n  io: 5\n",
+    ],
+)
+def test_wrongly_typed_scheme_is_a_meta_error_naming_the_file(tmp_path, body):
+    path = tmp_path / "typed.yaml"
+    path.write_text(body)
+    with pytest.raises(MetaError, match="malformed landmark scheme") as err:
+        load_landmark_scheme(str(path))
+    assert str(path) in str(err.value)
+
+
+def test_dataset_yaml_finds_its_scheme_relative_to_itself(tmp_path, monkeypatch):
+    (tmp_path / "three.yaml").write_text("num_landmarks: 3\nflip_permutation: [1, 0, 2]\n")
+    (tmp_path / "mine.yaml").write_text(
+        "landmarks: three.yaml\ndefault_norm: none\nsplits:\n  train: [a]\n  test:\n    all: [b]\n"
+    )
+    monkeypatch.chdir("/")
+    meta = load_dataset_meta(str(tmp_path / "mine.yaml"))
+    assert meta.landmarks.num_landmarks == 3 and meta.test_splits == {"all": ("b",)}

@@ -39,6 +39,21 @@ def test_meanface_survives_a_state_dict_round_trip():
     np.testing.assert_allclose(clone.meanface.numpy(), meanface)
 
 
+def test_meanface_stays_float64_under_low_precision_and_pickles():
+    import pickle
+
+    module = small_module()
+    meanface = np.random.default_rng(1).uniform(0.1, 0.9, (68, 2))
+    module.set_meanface(meanface)
+    indices = module.neighbors.indices.clone()
+    module = module.to(torch.bfloat16)
+    assert module.meanface.dtype == torch.float64
+    np.testing.assert_array_equal(module.meanface.numpy(), meanface)
+    assert torch.equal(module.neighbors.indices, indices)
+    clone = pickle.loads(pickle.dumps(module))  # ddp_spawn pickles the module
+    assert torch.equal(clone.neighbors.indices, indices)
+
+
 def test_weight_decay_follows_the_official_rule():
     scratch = small_module().configure_optimizers()["optimizer"]
     assert scratch.param_groups[0]["weight_decay"] == pytest.approx(5e-4)
@@ -55,6 +70,31 @@ def test_predict_step_maps_crop_coordinates_to_source_pixels(monkeypatch):
     out = module.predict_step({"image": torch.zeros(1, 3, 64, 64), "box": box, "index": torch.tensor([0])}, 0)
     expected = torch.tensor([[[10.0, 20.0], [50.0, 100.0], [20.0, 60.0]]])
     torch.testing.assert_close(out["landmarks"], expected)
+
+
+def test_predict_step_on_real_crops_returns_the_truncated_pts_coordinates(tmp_path, monkeypatch):
+    """Ground truth fed through predict_step gives back the .pts values as the official crop used them."""
+    from pipnet_lit.datasets.datamodule import LandmarkDataModule
+
+    root = tmp_path / "data"
+    generate_dataset(root, n_train=2, n_common=2, n_challenge=2, n_wild=0, image_size=96, seed=5)
+    dm = LandmarkDataModule(
+        meta="synthetic", root=str(root), cache_dir=str(tmp_path / "cache"), input_size=64, num_workers=0,
+        eval_batch_size=4,
+    )  # fmt: skip
+    dm.prepare_data()
+    dm.setup("predict")
+    module = small_module()
+    full = dm.eval_sets["synthetic_full"]
+    assert len(full) == 4 and {n.split("/")[0] for n in full.names} == {"common", "challenge"}
+    batch = torch.utils.data.default_collate([full[i] for i in range(len(full))])
+    monkeypatch.setattr(module, "predict_landmarks", lambda images: batch["landmarks"].double())
+    out = module.predict_step(batch, 0)
+    for index, pixels in zip(out["index"].tolist(), out["landmarks"], strict=True):
+        folder, crop = full.names[index].split("/", 1)
+        stem = crop[len(folder) + 1 : -len(".png")]
+        expected = np.trunc(read_pts(root / folder / f"{stem}.pts"))
+        np.testing.assert_allclose(pixels.numpy(), expected, atol=1e-3)
 
 
 @pytest.fixture(scope="module")

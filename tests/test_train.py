@@ -18,7 +18,6 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
 from pipnet_lit.config import CONFIG_DIR
-from pipnet_lit.datasets.pts import read_pts
 from pipnet_lit.synthetic import generate_dataset
 from pipnet_lit.train import train
 
@@ -116,21 +115,28 @@ def test_fit_resume_and_evaluate(synthetic_root, tmp_path):
     assert objects["trainer"].current_epoch == 2
     results = json.loads((run_dir / "test_metrics.json").read_text())
     assert set(results) == {"synthetic_full", "synthetic_common", "synthetic_challenge"}
-    assert results["synthetic_common"]["nme"] == pytest.approx(metrics["test/synthetic_common/nme_io"])
+    assert results["synthetic_common"]["nme_io"] == pytest.approx(metrics["test/synthetic_common/nme_io"])
     rows = list(csv.DictReader((run_dir / "csv" / "metrics.csv").open()))
     # the resumed job appended to the killed job's log: validation rows of both epochs are there
     assert sorted(r["epoch"] for r in rows if r.get("val/synthetic_common/nme_io")) == ["0", "1"]
     assert sum(1 for r in rows if r.get("train/loss")) == 2 * steps_one_epoch
-    ckpt = torch.load(last, map_location="cpu", weights_only=False)
-    assert bool(ckpt["state_dict"]["meanface_ready"])  # the mean face travels with the weights
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)  # plain data only: loads safely
+    meanface = ckpt["state_dict"]["_extra_state"]["meanface"]  # the mean face travels with the weights
+    assert meanface.dtype == torch.float64 and tuple(meanface.shape) == (68, 2)
+    assert torch.equal(meanface, torch.as_tensor(objects["datamodule"].meanface))
 
-    # Evaluation entry point, as a user runs it, on the same data.
+    # Evaluation entry point, as a user runs it, on the test folders alone (no training data needed).
+    test_only = tmp_path / "test_only"
+    for folder in ("common", "challenge"):
+        shutil.copytree(synthetic_root / folder, test_only / folder)
+
     preds = tmp_path / "preds.csv"
     result = subprocess.run(
         [
-            sys.executable, "-m", "pipnet_lit.eval", f"ckpt_path={last}", f"data.root={synthetic_root}",
+            sys.executable, "-m", "pipnet_lit.eval", f"ckpt_path={last}", f"data.root={test_only}",
             f"data.cache_dir={tmp_path / 'cache'}", "data.num_workers=0", "data.synthetic=null",
             f"predictions_csv={preds}", f"paths.root_dir={tmp_path}", "trainer.accelerator=cpu",
+            "run_name=ev",
         ],
         capture_output=True, text=True, timeout=300, cwd=REPO,
     )  # fmt: skip
@@ -138,12 +144,61 @@ def test_fit_resume_and_evaluate(synthetic_root, tmp_path):
     assert "synthetic_common" in result.stdout and "nme" in result.stdout
     rows = list(csv.reader(preds.open()))
     assert rows[0][:4] == ["subset", "image", "x0", "y0"] and len(rows[0]) == 2 + 2 * 68
-    common = [r for r in rows[1:] if r[0] == "synthetic_common"]
-    assert len(common) == 3
-    # predictions are in the source image's pixels: near the annotated face, not in [0, 1]
-    name = common[0][1].split("/", 1)[1].rsplit(".", 1)[0]
-    source_stem = name.split("_", 1)[1]
-    gt = read_pts(synthetic_root / "common" / f"{source_stem}.pts")
-    pred = np.array([float(v) for v in common[0][2:]]).reshape(68, 2)
-    lo, hi = gt.min(0) - 0.5 * np.ptp(gt, 0), gt.max(0) + 0.5 * np.ptp(gt, 0)
-    assert ((pred > lo) & (pred < hi)).all()
+    # every image of a multi-folder subset once, under its own name
+    full = sorted(r[1] for r in rows[1:] if r[0] == "synthetic_full")
+    expected = sorted(
+        f"{folder}/{folder}_{p.stem}.png"
+        for folder in ("common", "challenge")
+        for p in (test_only / folder).glob("*.pts")
+    )
+    assert full == expected and len(full) == 5
+    # the same checkpoint on the same images gives the numbers the training job reported
+    evaluated = json.loads((tmp_path / "outputs" / "eval" / "ev" / "test_metrics.json").read_text())
+    for subset in ("synthetic_full", "synthetic_common", "synthetic_challenge"):
+        assert evaluated[subset]["nme_io"] == pytest.approx(results[subset]["nme_io"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_ddp_test_metrics_equal_single_process(synthetic_root, tmp_path):
+    """Two CPU processes (gloo) see each test image exactly once: the metrics equal one process's."""
+    import lightning as L
+
+    from pipnet_lit.datasets.datamodule import LandmarkDataModule
+    from pipnet_lit.lit_module import PIPNetModule
+
+    def make():
+        dm = LandmarkDataModule(
+            meta="synthetic", root=str(synthetic_root), cache_dir=str(tmp_path / "cache"), input_size=64,
+            eval_batch_size=2, num_workers=0, eval_subsets=["full"],
+        )  # fmt: skip
+        torch.manual_seed(0)
+        module = PIPNetModule(net_stride=16, input_size=64, pretrained=False)
+        return dm, module
+
+    results = {}
+    for devices, strategy in ((1, "auto"), (2, "ddp_spawn")):
+        dm, module = make()
+        trainer = L.Trainer(
+            accelerator="cpu", devices=devices, strategy=strategy, logger=False, enable_progress_bar=False,
+            enable_model_summary=False, enable_checkpointing=False,
+        )  # fmt: skip
+        trainer.test(module, datamodule=dm, verbose=False)
+        results[devices] = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    assert results[1]["test/synthetic_full/nme_io"] > 0
+    for key in ("test/synthetic_full/nme_io", "test/synthetic_full/fr@0.10", "test/synthetic_full/auc@0.10"):
+        assert results[2][key] == pytest.approx(results[1][key], abs=1e-7), key
+
+
+def test_fresh_run_refuses_a_folder_that_holds_a_run(synthetic_root, tmp_path):
+    cfg = compose_train(["+experiment=synthetic", *tiny_overrides(synthetic_root, tmp_path)], tmp_path)
+    checkpoints = Path(cfg.paths.output_dir) / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "last.ckpt").write_bytes(b"")
+    with pytest.raises(FileExistsError, match="ckpt_path=last.*run_name="):
+        train(cfg)
+
+
+def test_test_only_needs_an_explicit_checkpoint(synthetic_root, tmp_path):
+    overrides = ["+experiment=synthetic", *tiny_overrides(synthetic_root, tmp_path), "train=false"]
+    with pytest.raises(ValueError, match="test_ckpt=/path/to.ckpt"):
+        train(compose_train(overrides, tmp_path))

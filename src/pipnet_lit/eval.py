@@ -31,7 +31,7 @@ def write_predictions(predictions: list, datamodule: Any, path: str | Path) -> P
     """One CSV row per image: subset, image name, then x0 y0 x1 y1 ... in source-image pixels."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    per_loader = predictions if predictions and isinstance(predictions[0], list) else [predictions]
+    per_loader = predictions if len(datamodule.eval_sets) > 1 else [predictions]
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         num = datamodule.num_landmarks
@@ -39,16 +39,11 @@ def write_predictions(predictions: list, datamodule: Any, path: str | Path) -> P
         for subset, batches, dataset in zip(
             datamodule.eval_subset_names, per_loader, datamodule.eval_sets.values(), strict=True
         ):
-            names = _names(dataset)
+            names = dataset.names
             for batch in batches:
                 for idx, pts in zip(batch["index"].tolist(), batch["landmarks"], strict=True):
                     writer.writerow([subset, names[idx]] + [f"{v:.3f}" for v in pts.flatten().tolist()])
     return path
-
-
-def _names(dataset: Any) -> list[str]:
-    parts = getattr(dataset, "datasets", [dataset])
-    return [name for part in parts for name in part.names]
 
 
 def evaluate(cfg: DictConfig) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
@@ -57,7 +52,8 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, dict[str, float]], dict[str, An
 
     L.seed_everything(cfg.seed, workers=True)
     model = load_module(cfg.ckpt_path)
-    datamodule = instantiate(cfg.data, input_size=model.hparams.input_size)
+    # the checkpoint fixes the input size; the training folders are not needed (the mean face is inside)
+    datamodule = instantiate(cfg.data, input_size=model.hparams.input_size, load_train=False)
     trainer: L.Trainer = instantiate(
         cfg.trainer, logger=instantiate_group(cfg.get("logger")) or False, callbacks=_progress_bar()
     )
@@ -67,6 +63,8 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, dict[str, float]], dict[str, An
         print_metrics(results, title=f"{Path(cfg.ckpt_path).name} on {datamodule.meta.name}")
         write_metrics(results, Path(cfg.paths.output_dir) / "test_metrics.json")
     if cfg.get("predictions_csv"):
+        if trainer.world_size > 1:
+            raise ValueError("predictions_csv is written by one process: run eval with trainer.devices=1")
         predictions = trainer.predict(model, datamodule=datamodule)
         write_predictions(predictions, datamodule, cfg.predictions_csv)
     return results, {"model": model, "datamodule": datamodule, "trainer": trainer}

@@ -1,9 +1,9 @@
 """`PIPNetModule`: the LightningModule that wires network, targets, loss, decoding and metrics.
 
 All method math lives in `pipnet_lit.pip` and `pipnet_lit.metrics`; this module only connects it to
-Lightning's hooks. The mean face (and so the neighbour indices) is a buffer: it is taken from the
-datamodule's training set before the first fit and travels inside every checkpoint, so evaluation and
-prediction need no training data.
+Lightning's hooks. The mean face (and so the neighbour indices) is module state: it is taken from the
+datamodule's training set before the first fit and travels inside every checkpoint (the state dict's
+`_extra_state`), so evaluation and prediction need no training data.
 """
 
 from __future__ import annotations
@@ -78,9 +78,9 @@ class PIPNetModule(L.LightningModule):
             pretrained=pretrained,
             input_size=input_size,
         )
-        self.register_buffer("meanface", torch.zeros(num_landmarks, 2, dtype=torch.float64))
-        self.register_buffer("meanface_ready", torch.tensor(False))
-        self.register_load_state_dict_post_hook(lambda module, keys: module._forget_neighbors())
+        # The mean face is "extra state", not a buffer: it stays float64 on the CPU whatever precision or
+        # device the network is moved to (a bf16 cast would silently change the neighbour indices).
+        self.meanface: Tensor | None = None
         self._neighbors: Neighbors | None = None
         self._subsets: list[str] = []
         self.metrics = torch.nn.ModuleDict()
@@ -90,27 +90,31 @@ class PIPNetModule(L.LightningModule):
     # -- mean face and neighbours -----------------------------------------------------------------
     def set_meanface(self, meanface: np.ndarray | Tensor) -> None:
         """Fix the mean face (L, 2), normalized crop coordinates, that defines each landmark's neighbours."""
-        mf = torch.as_tensor(np.asarray(meanface), dtype=torch.float64)
-        if mf.shape != self.meanface.shape:
-            raise ValueError(
-                f"mean face of shape {tuple(mf.shape)}; this model needs {tuple(self.meanface.shape)}"
-            )
-        self.meanface.copy_(mf)
-        self.meanface_ready.fill_(True)
-        self._forget_neighbors()
-
-    def _forget_neighbors(self) -> None:
+        mf = torch.as_tensor(np.asarray(meanface), dtype=torch.float64).cpu().clone()
+        expected = (self.hparams.num_landmarks, 2)
+        if tuple(mf.shape) != expected:
+            raise ValueError(f"mean face of shape {tuple(mf.shape)}; this model needs {expected}")
+        self.meanface = mf
         self._neighbors = None
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"meanface": self.meanface}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        if state.get("meanface") is None:
+            self.meanface, self._neighbors = None, None
+        else:
+            self.set_meanface(state["meanface"])
 
     @property
     def neighbors(self) -> Neighbors:
-        if not bool(self.meanface_ready):
+        if self.meanface is None:
             raise RuntimeError(
                 "the model has no mean face yet: train it with a datamodule (which provides one), load a "
                 "checkpoint, or call set_meanface(meanface)"
             )
         if self._neighbors is None or self._neighbors.indices.device != self.device:
-            self._neighbors = build_neighbors(self.meanface.cpu(), self.hparams.num_nb).to(self.device)
+            self._neighbors = build_neighbors(self.meanface, self.hparams.num_nb).to(self.device)
         return self._neighbors
 
     # -- set-up from the datamodule ----------------------------------------------------------------
@@ -122,7 +126,7 @@ class PIPNetModule(L.LightningModule):
                     f"the data has {dm.num_landmarks} landmarks but model.num_landmarks="
                     f"{self.hparams.num_landmarks}; set model.num_landmarks={dm.num_landmarks}"
                 )
-            if not bool(self.meanface_ready) and getattr(dm, "meanface", None) is not None:
+            if self.meanface is None and getattr(dm, "meanface", None) is not None:
                 self.set_meanface(dm.meanface)
             if self.hparams.norm_indices is None and self.hparams.norm in ("inter_ocular", "inter_pupil"):
                 self.hparams.norm_indices = [
@@ -182,19 +186,21 @@ class PIPNetModule(L.LightningModule):
     def _eval_epoch_end(self, stage: str) -> dict[str, float]:
         tag = NORM_TAGS[self.hparams.norm]
         results: dict[str, dict[str, float]] = {}
+        distributed = self.trainer.world_size > 1
         for name in self._subsets:
             metric = self.metrics[name]
-            if not metric.update_called:
+            # under DDP every rank must join compute()'s all-gather, even one whose shard was empty
+            if not (metric.update_called or distributed):
                 continue
-            values = {k: float(v) for k, v in metric.compute().items()}
+            values = {(f"nme_{tag}" if k == "nme" else k): float(v) for k, v in metric.compute().items()}
             metric.reset()
             results[name] = values
             for key, value in values.items():
-                key = f"nme_{tag}" if key == "nme" else key
+                # compute() gathered every rank's per-sample NMEs already: the values agree across ranks
                 self.log(f"{stage}/{name}/{key}", value, add_dataloader_idx=False, sync_dist=False)
         if results:
             first = next(iter(results.values()))
-            self.log(f"{stage}/nme", first["nme"], prog_bar=True, add_dataloader_idx=False)
+            self.log(f"{stage}/nme", first[f"nme_{tag}"], prog_bar=True, add_dataloader_idx=False)
         return results
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:

@@ -1,7 +1,8 @@
 """A CSV logger that keeps what a killed run already wrote when the run is resumed.
 
 Lightning's `CSVLogger` deletes an existing `metrics.csv` when its run folder is reused, so resuming a run
-with `ckpt_path=last` would lose the first part of its history. `ResumableCSVLogger` appends instead.
+with `ckpt_path=last` would lose the first part of its history. `ResumableCSVLogger` appends instead
+(`train` refuses to start a fresh run in a folder that already holds one, so only resumes append).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import csv
 
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 
 class _AppendingWriter(ExperimentWriter):
@@ -27,6 +29,7 @@ class ResumableCSVLogger(CSVLogger):
     """`CSVLogger` whose `metrics.csv` survives a resumed run (rows are appended, never deleted)."""
 
     @property
+    @rank_zero_experiment
     def experiment(self) -> ExperimentWriter:
         if self._experiment is None:
             self._fs.makedirs(self.root_dir, exist_ok=True)

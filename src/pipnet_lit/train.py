@@ -20,6 +20,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fit and/or test the model the config describes. Returns (metrics, objects)."""
     from hydra.utils import instantiate
 
+    _check_run_folder(cfg)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
@@ -34,16 +35,36 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
     if cfg.get("test", True):
-        ckpt = cfg.get("test_ckpt", "best")
-        if ckpt == "best":
-            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-            ckpt = best or None  # no checkpoint (e.g. fast_dev_run): test the weights in memory
+        ckpt = cfg.get("test_ckpt", "last")
+        if ckpt in ("best", "last"):
+            callback = trainer.checkpoint_callback
+            found = getattr(callback, f"{ckpt}_model_path", "") if callback else ""
+            ckpt = found or None  # no checkpoint (e.g. fast_dev_run): test the weights in memory
         trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
         if model.test_results and trainer.is_global_zero:
             print_metrics(model.test_results)
             write_metrics(model.test_results, Path(cfg.paths.output_dir) / "test_metrics.json")
     return metrics, {"cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer}
+
+
+def _check_run_folder(cfg: DictConfig) -> None:
+    """Refuse to mix two runs in one folder, and to test nothing when training is off."""
+    checkpoints = Path(cfg.paths.output_dir) / "checkpoints"
+    if cfg.get("train", True) and cfg.get("ckpt_path") is None and any(checkpoints.glob("*.ckpt")):
+        raise FileExistsError(
+            f"{checkpoints} already holds a run named {cfg.run_name!r}: resume it with ckpt_path=last, or "
+            "start a new one with run_name=<another name>"
+        )
+    if (
+        not cfg.get("train", True)
+        and cfg.get("test", True)
+        and cfg.get("test_ckpt") in ("best", "last", None)
+    ):
+        raise ValueError(
+            "train=false tests a given checkpoint: set test_ckpt=/path/to.ckpt "
+            "(or use python -m pipnet_lit.eval)"
+        )
 
 
 @hydra.main(version_base="1.3", config_path=check_config_dir(), config_name="train")

@@ -6,13 +6,16 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, DataLoader
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader
 
 from pipnet_lit.datasets.dataset import CropDataset
 from pipnet_lit.datasets.meta import DatasetMeta, load_dataset_meta
@@ -45,6 +48,8 @@ class LandmarkDataModule(L.LightningDataModule):
         augment: keyword arguments for `build_train_transform` (probabilities, ranges).
         synthetic: if given, keyword arguments for `pipnet_lit.synthetic.generate_dataset`, run in
             `prepare_data` (a no-op when the data on disk already match).
+        load_train: prepare and load the training folders (and the mean face). Evaluation of a trained
+            checkpoint sets this to False: it needs only the test folders.
     """
 
     def __init__(
@@ -57,14 +62,17 @@ class LandmarkDataModule(L.LightningDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 2,
         crop_scale: float | None = None,
-        eval_subsets: list[str] | None = None,
+        eval_subsets: list[str] | str | None = None,
         augment: dict[str, Any] | None = None,
         synthetic: dict[str, Any] | None = None,
         pin_memory: bool = False,
+        load_train: bool = True,
     ) -> None:
         super().__init__()
         # plain Python containers (not Hydra's DictConfig) so checkpoints load with weights_only=True
         eval_subsets, augment, synthetic = (_plain(v) for v in (eval_subsets, augment, synthetic))
+        if isinstance(eval_subsets, str):
+            eval_subsets = [eval_subsets]
         self.save_hyperparameters(logger=False)
         self.meta: DatasetMeta = load_dataset_meta(meta)
         self.root = Path(root)
@@ -77,8 +85,8 @@ class LandmarkDataModule(L.LightningDataModule):
                 f"choose from {sorted(self.meta.test_splits)}"
             )
         self.eval_subsets = list(eval_subsets or self.meta.test_splits)
-        self.train_set: CropDataset | ConcatDataset | None = None
-        self.eval_sets: dict[str, CropDataset | ConcatDataset] = {}
+        self.train_set: CropDataset | None = None
+        self.eval_sets: dict[str, CropDataset] = {}
         self.meanface: np.ndarray | None = None
 
     # -- facts other components read ---------------------------------------------------------------
@@ -92,7 +100,7 @@ class LandmarkDataModule(L.LightningDataModule):
         return [f"{self.meta.name}_{s}" for s in self.eval_subsets]
 
     def _folders(self) -> list[str]:
-        folders = list(self.meta.train_folders)
+        folders = list(self.meta.train_folders) if self.hparams.load_train else []
         for subset in self.eval_subsets:
             folders += [f for f in self.meta.test_splits[subset] if f not in folders]
         return folders
@@ -116,44 +124,59 @@ class LandmarkDataModule(L.LightningDataModule):
                 self.root, [folder], self._cache_for(folder), self.hparams.input_size, scale=self.crop_scale
             )
 
-    def _load(self, folders: tuple[str, ...] | list[str], train: bool) -> CropDataset | ConcatDataset:
+    def _read(
+        self, folders: tuple[str, ...] | list[str]
+    ) -> tuple[list[Path], np.ndarray, np.ndarray, list[str]]:
+        """Crop paths, landmarks (N, L, 2) float64, boxes (N, 4) and 'folder/crop' names of some folders."""
         scheme = self.meta.landmarks
-        if train:
-            transform = build_train_transform(
-                self.hparams.input_size, scheme.flip_permutation, **(self.hparams.augment or {})
-            )
-        else:
-            transform = build_eval_transform(self.hparams.input_size)
-        parts = []
+        paths, landmarks, boxes, names = [], [], [], []
         for folder in folders:
-            paths, landmarks, boxes, names = load_prepared_split(self._cache_for(folder))
-            if landmarks.shape[1] != scheme.num_landmarks:
+            p, lms, b, n = load_prepared_split(self._cache_for(folder))
+            if len(p) and lms.shape[1] != scheme.num_landmarks:
                 raise ValueError(
-                    f"{self._cache_for(folder)}: {landmarks.shape[1]} landmarks per face, but dataset "
+                    f"{self._cache_for(folder)}: {lms.shape[1]} landmarks per face, but dataset "
                     f"{self.meta.name!r} uses scheme {scheme.name!r} with {scheme.num_landmarks}"
                 )
-            parts.append(
-                CropDataset(paths, landmarks, boxes, transform, names=[f"{folder}/{n}" for n in names])
-            )
-        return parts[0] if len(parts) == 1 else ConcatDataset(parts)
+            if len(p):
+                paths += p
+                landmarks.append(lms)
+                boxes.append(b)
+                names += [f"{folder}/{name}" for name in n]
+        if not paths:
+            raise ValueError(f"folders {list(folders)} under {self.root} hold no annotated images")
+        return paths, np.concatenate(landmarks), np.concatenate(boxes), names
 
     def setup(self, stage: str | None = None) -> None:
-        if self.train_set is None:
-            self.train_set = self._load(self.meta.train_folders, train=True)
-            parts = self.train_set.datasets if isinstance(self.train_set, ConcatDataset) else [self.train_set]
-            self.meanface = compute_meanface(np.concatenate([p.landmarks for p in parts]))
+        if self.hparams.load_train and self.train_set is None:
+            paths, landmarks, boxes, names = self._read(self.meta.train_folders)
+            self.meanface = compute_meanface(landmarks)  # float64, as the official gen_meanface
+            transform = build_train_transform(
+                self.hparams.input_size, self.meta.landmarks.flip_permutation, **(self.hparams.augment or {})
+            )
+            # distinct augmentation streams per DDP rank (workers re-derive theirs in _seed_worker)
+            transform.set_seed(random.randrange(2**31) + 1_000_003 * _rank())
+            self.train_set = CropDataset(paths, landmarks, boxes, transform, names=names)
         if not self.eval_sets:
-            self.eval_sets = {
-                name: self._load(self.meta.test_splits[subset], train=False)
-                for name, subset in zip(self.eval_subset_names, self.eval_subsets, strict=True)
-            }
+            transform = build_eval_transform(self.hparams.input_size)
+            for name, subset in zip(self.eval_subset_names, self.eval_subsets, strict=True):
+                paths, landmarks, boxes, names = self._read(self.meta.test_splits[subset])
+                self.eval_sets[name] = CropDataset(paths, landmarks, boxes, transform, names=names)
 
-    def _loader(self, dataset, shuffle: bool, batch_size: int) -> DataLoader:
+    def _loader(self, dataset: CropDataset, shuffle: bool, batch_size: int) -> DataLoader:
         workers = self.hparams.num_workers
+        sampler = None
+        trainer = getattr(self, "trainer", None)
+        if not shuffle and trainer is not None and trainer.world_size > 1:
+            # each image exactly once over all ranks (the default sampler pads by repeating images,
+            # which would bias NME/FR/AUC); Lightning keeps a DistributedSampler it is given
+            sampler = UnrepeatedDistributedSampler(
+                dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+            )
         return DataLoader(
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=self.hparams.pin_memory,
@@ -162,6 +185,8 @@ class LandmarkDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        if self.train_set is None:
+            raise RuntimeError("this datamodule was built with load_train=False: it has no training data")
         return self._loader(self.train_set, shuffle=True, batch_size=self.hparams.batch_size)
 
     def _eval_loaders(self) -> list[DataLoader]:
@@ -178,17 +203,16 @@ class LandmarkDataModule(L.LightningDataModule):
         return self._eval_loaders()
 
 
-def _seed_worker(worker_id: int) -> None:
-    """Give each loader worker its own, reproducible augmentation stream (derived from torch's seed)."""
-    import random
+def _rank() -> int:
+    return int(getattr(rank_zero_only, "rank", 0) or 0)
 
-    seed = torch.initial_seed() % 2**32
+
+def _seed_worker(worker_id: int) -> None:
+    """Give each loader worker (of each DDP rank) its own reproducible augmentation stream."""
+    seed = (torch.initial_seed() + 1_000_003 * _rank()) % 2**32
     np.random.seed(seed)
     random.seed(seed)
     info = torch.utils.data.get_worker_info()
-    if info is None:
-        return
-    for part in getattr(info.dataset, "datasets", [info.dataset]):
-        transform = getattr(part, "transform", None)
-        if hasattr(transform, "set_seed"):
-            transform.set_seed(seed)
+    transform = getattr(info.dataset, "transform", None) if info is not None else None
+    if hasattr(transform, "set_seed"):
+        transform.set_seed(seed)

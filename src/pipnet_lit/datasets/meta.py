@@ -89,7 +89,17 @@ def _require(data: dict[str, Any], key: str, path: Path) -> Any:
 def load_landmark_scheme(name_or_path: str) -> LandmarkScheme:
     """Load and validate a landmark scheme (built-in name such as 'ibug68', or a YAML path)."""
     path = _resolve(name_or_path)
-    data = _read(path)
+    try:
+        return _parse_scheme(_read(path), path)
+    except (TypeError, ValueError, IndexError, AttributeError) as err:
+        if isinstance(err, MetaError):
+            raise
+        raise MetaError(
+            f"{path}: malformed landmark scheme ({err}); see pipnet_lit/datasets/meta/ibug68.yaml"
+        ) from err
+
+
+def _parse_scheme(data: dict[str, Any], path: Path) -> LandmarkScheme:
     n = int(_require(data, "num_landmarks", path))
     perm = tuple(int(i) for i in _require(data, "flip_permutation", path))
     if sorted(perm) != list(range(n)):
@@ -109,15 +119,33 @@ def load_landmark_scheme(name_or_path: str) -> LandmarkScheme:
 
 @cache
 def load_dataset_meta(name_or_path: str) -> DatasetMeta:
-    """Load a benchmark description (built-in name such as '300w' or 'synthetic', or a YAML path)."""
+    """Load a benchmark description (built-in name such as '300w' or 'synthetic', or a YAML path).
+
+    Its `landmarks:` names a built-in scheme or a YAML path, relative paths taken from the file's folder.
+    """
     path = _resolve(name_or_path)
     data = _read(path)
-    scheme = load_landmark_scheme(str(_require(data, "landmarks", path)))
+    scheme_ref = str(_require(data, "landmarks", path))
+    if Path(scheme_ref).suffix in (".yaml", ".yml") and not Path(scheme_ref).is_absolute():
+        scheme_ref = str(path.parent / scheme_ref)
+    scheme = load_landmark_scheme(scheme_ref)
+    try:
+        return _parse_dataset(data, path, scheme)
+    except (TypeError, ValueError, AttributeError) as err:
+        if isinstance(err, MetaError):
+            raise
+        raise MetaError(
+            f"{path}: malformed dataset description ({err}); see pipnet_lit/datasets/meta/300w.yaml"
+        ) from err
+
+
+def _parse_dataset(data: dict[str, Any], path: Path, scheme: LandmarkScheme) -> DatasetMeta:
     splits = _require(data, "splits", path)
     train = tuple(_require(splits, "train", path))
     tests = {str(k): tuple(v) for k, v in (_require(splits, "test", path) or {}).items()}
     default_norm = str(data.get("default_norm", "inter_ocular"))
-    scheme.norm_indices(default_norm)  # validates
+    if default_norm in ("inter_ocular", "inter_pupil"):
+        scheme.norm_indices(default_norm)  # the scheme must say which landmarks define it
     return DatasetMeta(
         name=str(data.get("name", path.stem)),
         landmarks=scheme,
