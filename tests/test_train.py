@@ -202,3 +202,19 @@ def test_test_only_needs_an_explicit_checkpoint(synthetic_root, tmp_path):
     overrides = ["+experiment=synthetic", *tiny_overrides(synthetic_root, tmp_path), "train=false"]
     with pytest.raises(ValueError, match="test_ckpt=/path/to.ckpt"):
         train(compose_train(overrides, tmp_path))
+
+
+def test_missing_folder_names_the_dataset_layout(synthetic_root, tmp_path):
+    from pipnet_lit.datasets.datamodule import LandmarkDataModule
+
+    partial = tmp_path / "partial"
+    shutil.copytree(synthetic_root / "common", partial / "common")
+    dm = LandmarkDataModule(meta="synthetic", root=str(partial), cache_dir=str(tmp_path / "c"), input_size=64)
+    with pytest.raises(FileNotFoundError, match=r"lacks the folder\(s\) \['trainset', 'challenge'\]"):
+        dm.prepare_data()
+    # evaluation of a checkpoint does not need the training folder
+    dm = LandmarkDataModule(
+        meta="synthetic", root=str(partial), cache_dir=str(tmp_path / "c"), input_size=64, load_train=False
+    )
+    with pytest.raises(FileNotFoundError, match=r"\['challenge'\]"):
+        dm.prepare_data()

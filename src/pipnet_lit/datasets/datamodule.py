@@ -119,6 +119,12 @@ class LandmarkDataModule(L.LightningDataModule):
                 f"dataset root {self.root} does not exist: download {self.meta.name} there or set "
                 f"data.root=/path/to/it (expected sub-folders: {self._folders()})"
             )
+        missing = [f for f in self._folders() if not (self.root / f).is_dir()]
+        if missing:
+            raise FileNotFoundError(
+                f"{self.root} lacks the folder(s) {missing} that dataset {self.meta.name!r} reads "
+                f"(its layout: {self._folders()}); check data.root"
+            )
         for folder in self._folders():
             prepare_300w_split(
                 self.root, [folder], self._cache_for(folder), self.hparams.input_size, scale=self.crop_scale
