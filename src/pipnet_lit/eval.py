@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from pipnet_lit.config import check_config_dir, instantiate_group
 from pipnet_lit.lit_module import PIPNetModule
-from pipnet_lit.reporting import print_metrics, write_metrics
+from pipnet_lit.reporting import report
 
 
 def load_module(ckpt_path: str | Path) -> PIPNetModule:
@@ -60,8 +60,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, dict[str, float]], dict[str, An
     trainer.test(model, datamodule=datamodule, verbose=False)
     results = model.test_results
     if trainer.is_global_zero:
-        print_metrics(results, title=f"{Path(cfg.ckpt_path).name} on {datamodule.meta.name}")
-        write_metrics(results, Path(cfg.paths.output_dir) / "test_metrics.json")
+        report(results, cfg.paths.output_dir, title=f"{Path(cfg.ckpt_path).name} on {datamodule.meta.name}")
     if cfg.get("predictions_csv"):
         if trainer.world_size > 1:
             raise ValueError("predictions_csv is written by one process: run eval with trainer.devices=1")

@@ -43,3 +43,9 @@ def write_metrics(results: dict[str, dict[str, float]], path: str | Path) -> Pat
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     return path
+
+
+def report(results: dict[str, dict[str, float]], output_dir: str | Path, title: str = "Test results") -> Path:
+    """Print the results table and write `test_metrics.json` into a run folder."""
+    print_metrics(results, title)
+    return write_metrics(results, Path(output_dir) / "test_metrics.json")

@@ -13,7 +13,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from pipnet_lit.config import check_config_dir, instantiate_group
-from pipnet_lit.reporting import print_metrics, write_metrics
+from pipnet_lit.reporting import report
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -43,8 +43,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
         if model.test_results and trainer.is_global_zero:
-            print_metrics(model.test_results)
-            write_metrics(model.test_results, Path(cfg.paths.output_dir) / "test_metrics.json")
+            report(model.test_results, cfg.paths.output_dir)
     return metrics, {"cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer}
 
 

@@ -137,17 +137,19 @@ class LandmarkDataModule(L.LightningDataModule):
         scheme = self.meta.landmarks
         paths, landmarks, boxes, names = [], [], [], []
         for folder in folders:
-            p, lms, b, n = load_prepared_split(self._cache_for(folder))
-            if len(p) and lms.shape[1] != scheme.num_landmarks:
+            cache = self._cache_for(folder)
+            p, lms, b, n = load_prepared_split(cache)
+            if not p:
+                continue
+            if lms.shape[1] != scheme.num_landmarks:
                 raise ValueError(
-                    f"{self._cache_for(folder)}: {lms.shape[1]} landmarks per face, but dataset "
+                    f"{cache}: {lms.shape[1]} landmarks per face, but dataset "
                     f"{self.meta.name!r} uses scheme {scheme.name!r} with {scheme.num_landmarks}"
                 )
-            if len(p):
-                paths += p
-                landmarks.append(lms)
-                boxes.append(b)
-                names += [f"{folder}/{name}" for name in n]
+            paths += p
+            landmarks.append(lms)
+            boxes.append(b)
+            names += [f"{folder}/{name}" for name in n]
         if not paths:
             raise ValueError(f"folders {list(folders)} under {self.root} hold no annotated images")
         return paths, np.concatenate(landmarks), np.concatenate(boxes), names
