@@ -21,7 +21,7 @@ LINE5_VOTES = {
 
 def reference_forward_and_merge(outputs, indices: np.ndarray, input_size: int, net_stride: int):
     """Official forward_pip + lib/test.py merge, one sample and one landmark at a time (B loop, L loop)."""
-    score, ox, oy, nbx, nby = (o.float() for o in outputs)
+    score, ox, oy, nbx, nby = (o.float() for o in outputs[:5])
     b_size, num_lms, h, w = score.shape
     num_nb = indices.shape[1]
     rev = {t: [] for t in range(num_lms)}
@@ -78,8 +78,8 @@ def test_decode_matches_official_loop(num_lms, num_nb, input_size, stride, seed)
     grid = input_size // stride
     outputs = random_outputs(2, num_lms, num_nb, grid, grid, seed=num_lms)
     ref_own, ref_merged = reference_forward_and_merge(outputs, nb.indices.numpy(), input_size, stride)
-    own = decode(*outputs, nb, merge=False)
-    merged = decode(*outputs, nb)
+    own = decode(outputs, nb, merge=False)
+    merged = decode(outputs, nb)
     assert own.shape == (2, num_lms, 2) and merged.shape == (2, num_lms, 2)
     torch.testing.assert_close(own, ref_own, rtol=0, atol=1e-6)
     torch.testing.assert_close(merged, ref_merged, rtol=0, atol=1e-6)
@@ -135,7 +135,7 @@ def test_argmax_ties_take_first_cell_and_non_square_grid():
     score = torch.zeros(1, 5, 4, 8)
     score[0, :, 1, 6] = 2.0
     score[0, :, 3, 1] = 2.0  # same maximum later in flat order
-    det = decode_details(score, *outputs[1:], nb)
+    det = decode_details(score, *outputs[1:5], nb)
     assert det.cell.tolist() == [[1 * 8 + 6] * 5]
     exp_x = (6 + outputs.offset_x[0, :, 1, 6]) / 8
     exp_y = (1 + outputs.offset_y[0, :, 1, 6]) / 4  # y divides by H
@@ -160,7 +160,7 @@ def test_landmark_without_votes_keeps_own_estimate():
     with pytest.warns(UserWarning):
         nb = build_neighbors(mf, 2)
     outputs = random_outputs(2, 5, 2, 4, 4, seed=7)
-    det = decode_details(*outputs, nb)
+    det = decode_details(outputs, nb)
     torch.testing.assert_close(det.merged[:, 4], det.own[:, 4], rtol=0, atol=1e-6)
     assert not torch.allclose(det.merged[:, 3], det.own[:, 3])
 
@@ -169,10 +169,43 @@ def test_decode_errors():
     nb = build_neighbors(LINE5, 2)
     o = random_outputs(1, 5, 2, 4, 4, seed=0)
     with pytest.raises(ValueError, match=r"nb_x has shape \(1, 10, 4, 4\), expected \(1, 15, 4, 4\)"):
-        decode(*o, build_neighbors(LINE5, 3))
+        decode(o, build_neighbors(LINE5, 3))
     with pytest.raises(ValueError, match="offset_y has shape"):
         decode(o.score, o.offset_x, o.offset_y[:, :, :2], o.nb_x, o.nb_y, nb)
     with pytest.raises(ValueError, match=r"score must have shape \(B, L, H, W\)"):
         decode(o.score[0], o.offset_x, o.offset_y, o.nb_x, o.nb_y, nb)
     with pytest.raises(ValueError, match="L=4 landmarks"):
-        decode(*random_outputs(1, 4, 2, 4, 4, seed=0), nb)
+        decode(random_outputs(1, 4, 2, 4, 4, seed=0), nb)
+
+
+def test_record_form_equals_five_tensor_form():
+    nb = build_neighbors(LINE5, 2)
+    o = random_outputs(2, 5, 2, 4, 4, seed=11)
+    gen = torch.Generator().manual_seed(1)
+    with_coarse = o._replace(score_coarse=(torch.randn(2, 5, 2, 2, generator=gen),))  # ignored by decode
+    five = (o.score, o.offset_x, o.offset_y, o.nb_x, o.nb_y)
+    for merge in (True, False):
+        ref = decode(*five, nb, merge=merge)
+        assert torch.equal(decode(o, nb, merge=merge), ref)
+        assert torch.equal(decode(with_coarse, nb, merge=merge), ref)
+        assert torch.equal(decode(*five, nb, merge), ref)  # merge positionally, as the old signature allowed
+        assert torch.equal(decode(tuple(with_coarse), nb, merge=merge), ref)  # a traced network's plain tuple
+    assert not torch.equal(decode(o, nb, merge=True), decode(o, nb, merge=False))
+    a, b = decode_details(o, nb), decode_details(*five, nb)
+    for name in ("own", "nb", "received", "merged", "max_score", "cell"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+
+
+def test_unpacked_record_and_bad_arguments_raise_clearly():
+    nb = build_neighbors(LINE5, 2)
+    o = random_outputs(1, 5, 2, 4, 4, seed=0)
+    with pytest.raises(TypeError, match="unpacks to six values: pass the record itself"):
+        decode(*o, nb)  # score_coarse = () lands where the neighbours belong
+    with pytest.raises(TypeError, match=r"decode_details\(outputs, neighbors\)"):
+        decode_details(o.score, o.offset_x, nb)
+    with pytest.raises(TypeError, match="expected a PIPOutputs record"):
+        decode([o.score], nb)
+    with pytest.raises(TypeError, match="missing the neighbour tables"):
+        decode(o)
+    with pytest.raises(TypeError, match="unexpected extra arguments"):
+        decode(o, nb, True, merge=False)

@@ -138,8 +138,9 @@ def test_output_shapes_and_grid(backbone: str, stride: int) -> None:
     with torch.no_grad():
         out = net(torch.randn(2, 3, 128, 256))
     assert isinstance(out, PIPOutputs)
-    assert [tuple(t.shape) for t in out] == [(2, L, h, w)] * 3 + [(2, L * NB, h, w)] * 2
-    assert all(torch.isfinite(t).all() for t in out)
+    assert [tuple(t.shape) for t in out[:5]] == [(2, L, h, w)] * 3 + [(2, L * NB, h, w)] * 2
+    assert all(torch.isfinite(t).all() for t in out[:5])
+    assert out.score_coarse == ()  # supervised network: no coarse score maps
 
 
 @pytest.mark.parametrize(("backbone", "stride"), [(b, s) for b, strides in VALID.items() for s in strides])
@@ -175,8 +176,9 @@ def test_official_state_dict_loads_strict_and_gives_same_outputs(backbone: str, 
     x = torch.randn(1, 3, 128, 128)
     with torch.no_grad():
         ref, got = official(x), net(x)
-    for a, b in zip(ref, got, strict=True):
+    for a, b in zip(ref, got[:5], strict=True):
         torch.testing.assert_close(b, a, rtol=0, atol=0)
+    assert got.score_coarse == ()
 
 
 @pytest.mark.parametrize("backbone", ["resnet50", "resnet101"])
@@ -245,6 +247,125 @@ def test_bad_input_raises() -> None:
         net(torch.zeros(1, 1, 64, 64))
     with pytest.raises(ValueError, match="not a positive multiple of net_stride=32"):
         net.grid_size(80)
+
+
+class _OfficialLikeGSSL(_OfficialLikePIP):
+    """Straight re-statement of the official GSSL Pip_resnet18 forward (lib/networks_gssl.py): the head on
+    the 8x8 features, then `cls_layer` on the features max-pooled 2x2 once and twice."""
+
+    def __init__(self, num_lms: int, num_nb: int) -> None:
+        super().__init__("resnet18", 32, num_lms, num_nb)
+        self.my_maxpool = nn.MaxPool2d(kernel_size=2, stride=2, padding=0)  # no parameters
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        cls1, ox, oy = self.cls_layer(x), self.x_layer(x), self.y_layer(x)
+        nbx, nby = self.nb_x_layer(x), self.nb_y_layer(x)
+        x = self.my_maxpool(x)
+        cls2 = self.cls_layer(x)
+        cls3 = self.cls_layer(self.my_maxpool(x))
+        return cls1, cls2, cls3, ox, oy, nbx, nby
+
+
+def _perturbed_(net: nn.Module) -> nn.Module:
+    """Non-trivial weights and BN statistics everywhere (in place), eval mode."""
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for t in net.state_dict().values():
+            if t.is_floating_point():
+                t.copy_(torch.rand_like(t) * 0.2 + 0.9 if t.ndim == 1 else torch.randn_like(t) * 0.05)
+    return net.eval()
+
+
+def test_coarse_scores_apply_cls_layer_to_pooled_features() -> None:
+    net = _perturbed_(PIPNet("resnet18", num_landmarks=L, num_nb=NB, input_size=256, coarse_levels=2))
+    x = torch.randn(2, 3, 256, 256)
+    with torch.no_grad():
+        out = net(x)
+        feats = net.forward_features(x)
+        once = F.max_pool2d(feats, 2)
+        by_hand = (net.cls_layer(once), net.cls_layer(F.max_pool2d(once, 2)))
+        pooled_scores = F.max_pool2d(out.score, 2)
+    assert [tuple(m.shape) for m in out.score_coarse] == [(2, L, 4, 4), (2, L, 2, 2)]
+    for got, exp in zip(out.score_coarse, by_hand, strict=True):
+        torch.testing.assert_close(got, exp, rtol=0, atol=0)
+    assert not torch.allclose(out.score_coarse[0], pooled_scores, atol=1e-4)  # features pooled, not scores
+    # the full-grid outputs are the supervised network's
+    sup = PIPNet("resnet18", num_landmarks=L, num_nb=NB, input_size=256).eval()
+    sup.load_state_dict(net.state_dict(), strict=True)
+    with torch.no_grad():
+        ref = sup(x)
+    assert ref.score_coarse == ()
+    for a, b in zip(ref[:5], out[:5], strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+
+
+def test_coarse_model_matches_official_gssl_forward() -> None:
+    official = _perturbed_(_OfficialLikeGSSL(L, NB))
+    net = PIPNet("resnet18", num_landmarks=L, num_nb=NB, coarse_levels=2).eval()
+    net.load_state_dict(official.state_dict(), strict=True)
+    x = torch.randn(1, 3, 256, 256)
+    with torch.no_grad():
+        cls1, cls2, cls3, ox, oy, nbx, nby = official(x)
+        out = net(x)
+    for got, exp in zip((*out[:5], *out.score_coarse), (cls1, ox, oy, nbx, nby, cls2, cls3), strict=True):
+        torch.testing.assert_close(got, exp, rtol=0, atol=0)
+
+
+def test_supervised_checkpoint_loads_into_coarse_model_and_back() -> None:
+    sup = _perturbed_(PIPNet("resnet18", num_landmarks=L, num_nb=NB, input_size=128))
+    coarse = PIPNet("resnet18", num_landmarks=L, num_nb=NB, input_size=128, coarse_levels=2)
+    assert {k: v.shape for k, v in coarse.state_dict().items()} == {
+        k: v.shape for k, v in sup.state_dict().items()
+    }
+    result = coarse.load_state_dict(sup.state_dict(), strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    back = PIPNet("resnet18", num_landmarks=L, num_nb=NB, input_size=128)
+    back.load_state_dict(coarse.state_dict(), strict=True)
+    for key, value in sup.state_dict().items():
+        assert torch.equal(back.state_dict()[key], value), key
+    assert sum(p.numel() for p in coarse.parameters()) == sum(p.numel() for p in sup.parameters())
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace:FutureWarning")
+def test_coarse_model_traces_and_exports() -> None:
+    net = _perturbed_(PIPNet("resnet18", num_landmarks=L, num_nb=NB, input_size=128, coarse_levels=2))
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        eager = net(x)
+        traced = torch.jit.trace(net, x)(x)  # a traced module returns plain (nested) tuples
+        exported = torch.export.export(net, (x,)).module()(x)
+    assert isinstance(eager, tuple) and isinstance(exported, PIPOutputs)
+    for out in (PIPOutputs(*traced), exported):
+        for a, b in zip((*eager[:5], *eager.score_coarse), (*out[:5], *out.score_coarse), strict=True):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"coarse_levels": 3}, "coarse_levels must be one of (0, 1, 2)"),
+        ({"coarse_levels": -1}, "coarse_levels must be one of (0, 1, 2)"),
+        ({"coarse_levels": True}, "coarse_levels must be one of (0, 1, 2)"),
+        ({"coarse_levels": 2, "input_size": 192}, "6x6 grid (input_size=192 / net_stride=32) 2x2 2 time(s)"),
+        ({"coarse_levels": 1, "input_size": 96}, "the grid must be divisible by 2"),
+    ],
+)
+def test_bad_coarse_levels_raise(kwargs: dict, fragment: str) -> None:
+    with pytest.raises(ValueError) as info:
+        PIPNet("resnet18", num_landmarks=L, num_nb=NB, **kwargs)
+    assert fragment in str(info.value)
+
+
+def test_coarse_levels_one_and_indivisible_input() -> None:
+    net = PIPNet("resnet18", num_landmarks=L, num_nb=NB, input_size=64, coarse_levels=1).eval()
+    with torch.no_grad():
+        out = net(torch.randn(1, 3, 64, 64))
+        assert [tuple(m.shape) for m in out.score_coarse] == [(1, L, 1, 1)]
+        with pytest.raises(ValueError, match=r"divisible by 2, got \(3, 3\).*multiple of 64"):
+            net(torch.randn(1, 3, 96, 96))
+    assert "coarse_levels=1" in repr(net)
 
 
 def test_imagenet_normalization_constants() -> None:

@@ -76,7 +76,7 @@ def bench_inference(args: argparse.Namespace) -> dict[str, float]:
 
     def baseline() -> None:
         with torch.no_grad():
-            decode(*module.net(x), neighbors)
+            decode(module.net(x), neighbors)
 
     fast = make_module(args).eval().to(memory_format=torch.channels_last)
     fast.load_state_dict(module.state_dict())

@@ -9,10 +9,11 @@ from pipnet_lit.models.backbones import (
     supported_combinations,
 )
 from pipnet_lit.models.heads import HEAD_LAYER_NAMES, build_pip_head, pip_conv
-from pipnet_lit.models.pipnet import PIPNet
+from pipnet_lit.models.pipnet import COARSE_LEVELS, PIPNet
 
 __all__ = [
     "BACKBONES",
+    "COARSE_LEVELS",
     "HEAD_LAYER_NAMES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",

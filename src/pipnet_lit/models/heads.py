@@ -7,6 +7,7 @@ names rather than a wrapping module (which would prefix every state_dict key).
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipnet_lit.pip.types import PIPOutputs
@@ -60,6 +61,19 @@ def build_pip_head(in_channels: int, num_landmarks: int, num_nb: int) -> dict[st
     return {name: pip_conv(in_channels, width) for name, width in zip(HEAD_LAYER_NAMES, widths, strict=True)}
 
 
+def coarse_scores(features: Tensor, cls_layer: nn.Module, levels: int) -> tuple[Tensor, ...]:
+    """The same `cls_layer` on the features max-pooled 2x2 (stride 2) once, twice, ... `levels` times.
+
+    As the official GSSL network (lib/networks_gssl.py): the features are pooled, not the scores. Returns
+    `levels` maps (B, L, H/2, W/2), (B, L, H/4, W/4), ...
+    """
+    maps = []
+    for _ in range(levels):
+        features = F.max_pool2d(features, kernel_size=2, stride=2)
+        maps.append(cls_layer(features))
+    return tuple(maps)
+
+
 def apply_pip_head(
     features: Tensor,
     cls_layer: nn.Module,
@@ -67,8 +81,15 @@ def apply_pip_head(
     y_layer: nn.Module,
     nb_x_layer: nn.Module,
     nb_y_layer: nn.Module,
+    coarse_levels: int = 0,
 ) -> PIPOutputs:
-    """Run the head on `features` (B, C, H, W) -> PIPOutputs: (B, L, H, W) x3 and (B, L*num_nb, H, W) x2."""
+    """Run the head on `features` (B, C, H, W) -> PIPOutputs: (B, L, H, W) x3 and (B, L*num_nb, H, W) x2,
+    plus `coarse_levels` coarser score maps (`coarse_scores`) in `score_coarse`."""
     return PIPOutputs(
-        cls_layer(features), x_layer(features), y_layer(features), nb_x_layer(features), nb_y_layer(features)
+        cls_layer(features),
+        x_layer(features),
+        y_layer(features),
+        nb_x_layer(features),
+        nb_y_layer(features),
+        coarse_scores(features, cls_layer, coarse_levels),
     )

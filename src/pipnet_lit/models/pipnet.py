@@ -14,6 +14,9 @@ from pipnet_lit.models.backbones import EXTRA_CHANNELS, build_stride_layers, bui
 from pipnet_lit.models.heads import HEAD_LAYER_NAMES, apply_pip_head, build_pip_head
 from pipnet_lit.pip.types import PIPOutputs
 
+# Coarse score maps the network may add (0 = the supervised PIPNet, 2 = the official GSSL network).
+COARSE_LEVELS = (0, 1, 2)
+
 
 class PIPNet(nn.Module):
     """Pixel-in-Pixel Net.
@@ -26,9 +29,14 @@ class PIPNet(nn.Module):
         pretrained: load torchvision ImageNet weights into the trunk (from the torch hub cache, downloading
             if needed; RuntimeError naming the expected file when offline).
         input_size: side of the square input crop used for training (kept for `grid_size()`).
+        coarse_levels: 0 (supervised PIPNet) or 1 or 2 (2 = the official curriculum self-training network,
+            lib/networks_gssl.py): the same `cls_layer` also scores the final features max-pooled 2x2 once
+            (and twice). No parameters are added, so state dicts load either way with strict=True. The grid
+            must be divisible by 2**coarse_levels.
 
     forward(x (B, 3, H, W), ImageNet-normalized RGB) -> PIPOutputs with score/offset_x/offset_y
-    (B, L, H/s, W/s) and nb_x/nb_y (B, L*num_nb, H/s, W/s), raw (no activation).
+    (B, L, H/s, W/s) and nb_x/nb_y (B, L*num_nb, H/s, W/s), raw (no activation); score_coarse holds the
+    `coarse_levels` maps (B, L, H/2s, W/2s), (B, L, H/4s, W/4s) (empty when 0).
     """
 
     def __init__(
@@ -39,6 +47,7 @@ class PIPNet(nn.Module):
         net_stride: int = 32,
         pretrained: bool = False,
         input_size: int = 256,
+        coarse_levels: int = 0,
     ) -> None:
         super().__init__()
         spec = get_backbone_spec(backbone, net_stride)
@@ -49,6 +58,19 @@ class PIPNet(nn.Module):
                 f"input_size={input_size} must be a positive multiple of net_stride={net_stride} "
                 "(the head's grid is input_size / net_stride cells)."
             )
+        if isinstance(coarse_levels, bool) or coarse_levels not in COARSE_LEVELS:
+            raise ValueError(
+                f"coarse_levels must be one of {COARSE_LEVELS} (0: supervised; 2: the curriculum "
+                f"self-training network), got {coarse_levels!r}."
+            )
+        grid = input_size // net_stride
+        if grid % (2**coarse_levels):
+            raise ValueError(
+                f"coarse_levels={coarse_levels} max-pools the {grid}x{grid} grid (input_size={input_size} / "
+                f"net_stride={net_stride}) 2x2 {coarse_levels} time(s): the grid must be divisible by "
+                f"{2**coarse_levels}."
+            )
+        self.coarse_levels = coarse_levels
         self.backbone_name = backbone
         self.num_landmarks = num_landmarks
         self.num_nb = num_nb
@@ -90,8 +112,16 @@ class PIPNet(nn.Module):
         return x
 
     def forward_head(self, features: Tensor) -> PIPOutputs:
-        """PIP head on a feature map (B, C, h, w) -> PIPOutputs on the same (h, w) grid."""
-        return apply_pip_head(features, *(self._modules[name] for name in HEAD_LAYER_NAMES))
+        """PIP head on a feature map (B, C, h, w) -> PIPOutputs on the same (h, w) grid (+ coarse scores)."""
+        factor = 2**self.coarse_levels
+        if not torch.jit.is_tracing() and (features.shape[-2] % factor or features.shape[-1] % factor):
+            raise ValueError(
+                f"coarse_levels={self.coarse_levels} needs a feature grid divisible by {factor}, got "
+                f"{tuple(features.shape[-2:])}: use an input size that is a multiple of "
+                f"{factor * self.net_stride}."
+            )
+        head = (self._modules[name] for name in HEAD_LAYER_NAMES)
+        return apply_pip_head(features, *head, coarse_levels=self.coarse_levels)
 
     def forward(self, x: Tensor) -> PIPOutputs:
         """(B, 3, H, W) ImageNet-normalized RGB -> PIPOutputs on the (H/s, W/s) grid."""
@@ -100,5 +130,5 @@ class PIPNet(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"backbone={self.backbone_name!r}, num_landmarks={self.num_landmarks}, num_nb={self.num_nb}, "
-            f"net_stride={self.net_stride}, input_size={self.input_size}"
+            f"net_stride={self.net_stride}, input_size={self.input_size}, coarse_levels={self.coarse_levels}"
         )

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, overload
 
 import torch
 from torch import Tensor
 
 from pipnet_lit.pip.neighbors import Neighbors
+from pipnet_lit.pip.types import PIPOutputs
 
 
 @dataclass
@@ -55,21 +57,68 @@ def _check_shapes(
             )
 
 
+def _as_record(fn: str, first: Any, args: tuple[Any, ...]) -> tuple[PIPOutputs, Neighbors, tuple[Any, ...]]:
+    """Accept `(outputs, neighbors, *rest)` or the thin form `(score, ox, oy, nb_x, nb_y, neighbors, *rest)`.
+
+    `outputs` is a `PIPOutputs` or any 5- or 6-element tuple in its order (a traced network returns plain
+    tuples). Returns the record, the neighbour tables and the remaining positional arguments.
+    """
+    if isinstance(first, Tensor):
+        if len(args) < 5 or not all(isinstance(t, Tensor) for t in args[:4]):
+            raise TypeError(
+                f"{fn}: pass the PIPOutputs record, {fn}(outputs, neighbors), or five tensors, "
+                f"{fn}(score, offset_x, offset_y, nb_x, nb_y, neighbors)"
+            )
+        outputs, args = PIPOutputs(first, *args[:4]), args[4:]
+    elif isinstance(first, tuple) and len(first) in (5, 6):
+        outputs = first if isinstance(first, PIPOutputs) else PIPOutputs(*first)
+        if not args:
+            raise TypeError(f"{fn}: missing the neighbour tables: {fn}(outputs, neighbors)")
+    else:
+        raise TypeError(
+            f"{fn}: expected a PIPOutputs record (or the score tensor of the five-tensor form), got "
+            f"{type(first).__name__}"
+        )
+    neighbors, rest = args[0], args[1:]
+    if not isinstance(neighbors, Neighbors):
+        unpacked = isinstance(neighbors, tuple) and not neighbors  # decode(*record, nbrs): score_coarse = ()
+        hint = " (a PIPOutputs record unpacks to six values: pass the record itself)" if unpacked else ""
+        raise TypeError(f"{fn}: expected Neighbors after the outputs, got {type(neighbors).__name__}{hint}")
+    return outputs, neighbors, rest
+
+
+@overload
+def decode_details(outputs: PIPOutputs, neighbors: Neighbors, /) -> DecodeResult: ...
+@overload
 def decode_details(
-    score: Tensor, offset_x: Tensor, offset_y: Tensor, nb_x: Tensor, nb_y: Tensor, neighbors: Neighbors
-) -> DecodeResult:
+    score: Tensor, offset_x: Tensor, offset_y: Tensor, nb_x: Tensor, nb_y: Tensor, neighbors: Neighbors, /
+) -> DecodeResult: ...
+def decode_details(outputs: PIPOutputs | Tensor, /, *args: Any) -> DecodeResult:
     """Own estimates, neighbour votes and merged landmarks from raw head outputs.
 
     cell = argmax of each flattened score map (first maximum on ties, like torch.argmax);
     x = (cell % W + offset_x[cell]) / W, y = (cell // W + offset_y[cell]) / H. Landmark i's vote for its
     neighbour slot j is (cell_i % W + nb_x[i * num_nb + j][cell_i]) / W (same for y). Computed in float32 (or
-    the outputs' dtype when wider).
+    the outputs' dtype when wider). Only the full grid is decoded: `score_coarse` is ignored (the official
+    GSSL inference reads the full-grid map alone).
+
+    Call as `decode_details(outputs, neighbors)` with a `PIPOutputs` (or a 5/6-tuple in its order, e.g. a
+    traced network's output), or in the thin form `decode_details(score, offset_x, offset_y, nb_x, nb_y,
+    neighbors)`.
 
     Args:
-        score, offset_x, offset_y: (B, L, H, W) raw head outputs.
-        nb_x, nb_y: (B, L * num_nb, H, W), channel i * num_nb + j for neighbour j of landmark i.
+        outputs: score, offset_x, offset_y (B, L, H, W) raw head outputs; nb_x, nb_y (B, L * num_nb, H, W),
+            channel i * num_nb + j for neighbour j of landmark i.
         neighbors: the tables built from the mean face (moved to the outputs' device as needed).
     """
+    record, neighbors, rest = _as_record("decode_details", outputs, args)
+    if rest:
+        raise TypeError(f"decode_details: unexpected extra arguments {rest!r}")
+    return _decode_details(record, neighbors)
+
+
+def _decode_details(outputs: PIPOutputs, neighbors: Neighbors) -> DecodeResult:
+    score, offset_x, offset_y, nb_x, nb_y = outputs[:5]
     _check_shapes(score, offset_x, offset_y, nb_x, nb_y, neighbors)
     b, num_lms, h, w = score.shape
     num_nb, max_len = neighbors.num_nb, neighbors.max_len
@@ -105,6 +154,9 @@ def decode_details(
     return DecodeResult(own=own, nb=nb, received=received, merged=merged, max_score=max_score, cell=cell)
 
 
+@overload
+def decode(outputs: PIPOutputs, neighbors: Neighbors, /, merge: bool = True) -> Tensor: ...
+@overload
 def decode(
     score: Tensor,
     offset_x: Tensor,
@@ -112,11 +164,20 @@ def decode(
     nb_x: Tensor,
     nb_y: Tensor,
     neighbors: Neighbors,
+    /,
     merge: bool = True,
-) -> Tensor:
+) -> Tensor: ...
+def decode(outputs: PIPOutputs | Tensor, /, *args: Any, merge: bool | None = None) -> Tensor:
     """Landmarks (B, L, 2) in [0, 1] crop coordinates: merged with neighbour votes (default) or own estimates.
 
-    See `decode_details` for the arithmetic; `decode(*outputs, neighbors)` works on a `PIPOutputs`.
+    `decode(outputs, neighbors, merge=True)` with the `PIPOutputs` record; the thin form
+    `decode(score, offset_x, offset_y, nb_x, nb_y, neighbors, merge=True)` stays for existing callers. See
+    `decode_details` for the arithmetic.
     """
-    details = decode_details(score, offset_x, offset_y, nb_x, nb_y, neighbors)
-    return details.merged if merge else details.own
+    record, neighbors, rest = _as_record("decode", outputs, args)
+    if len(rest) > 1 or (rest and merge is not None):
+        raise TypeError(f"decode: unexpected extra arguments {rest!r}")
+    if rest:
+        merge = rest[0]
+    details = _decode_details(record, neighbors)
+    return details.merged if merge is None or merge else details.own
