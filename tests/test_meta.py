@@ -23,12 +23,69 @@ def test_ibug68_flip_matches_official_points_flip():
 
 def test_300w_splits_match_the_paper_protocol():
     meta = load_dataset_meta("300w")
-    assert meta.train_folders == ("afw", "helen/trainset", "lfpw/trainset")
-    assert meta.test_splits["common"] == ("helen/testset", "lfpw/testset")
-    assert meta.test_splits["challenge"] == ("ibug",)
-    assert set(meta.test_splits["full"]) == {"helen/testset", "lfpw/testset", "ibug"}
-    assert meta.crop_scale == pytest.approx(1.1)
+    assert meta.train == ("train",) and meta.unlabeled == ()
+    train, test = meta.splits["train"], meta.splits["test"]
+    assert (train.format, train.dir) == ("300w", "300W")
+    assert train.args == {"folders": ["afw", "helen/trainset", "lfpw/trainset"], "scale": 1.1}
+    assert test.args["folders"] == ["helen/testset", "lfpw/testset", "ibug"]
+    # full, common and challenge are selections of one test split (its images are evaluated once)
+    assert list(meta.test) == ["full", "common", "challenge"]
+    assert {s.split for s in meta.test.values()} == {"test"}
+    assert meta.test["full"].where is None
+    assert meta.test["common"].where == {"folder": ("helen/testset", "lfpw/testset")}
+    assert meta.test["challenge"].where == {"folder": ("ibug",)}
     assert meta.default_norm == "inter_ocular"
+    assert [(m.key, m.norm, m.indices) for m in meta.metrics] == [
+        ("nme_io", "inter_ocular", ((36,), (45,))),
+        ("nme_ip", "inter_pupil", (tuple(range(36, 42)), tuple(range(42, 48)))),
+    ]
+
+
+def test_self_training_sets_compose_several_downloads():
+    meta = load_dataset_meta("300w_celeba")
+    assert meta.splits["train"].args["scale"] == 1.3 and meta.splits["test_300w"].args["scale"] == 1.3
+    assert {k: s.split for k, s in meta.test.items()} == {
+        "300w_full": "test_300w",
+        "cofw68": "test_cofw68",
+        "wflw68": "test_wflw68",
+    }
+    assert [meta.splits[k].format for k in ("test_cofw68", "test_wflw68", "celeba")] == [
+        "cofw68",
+        "wflw",
+        "celeba",
+    ]
+    assert meta.unlabeled == ("celeba",) and meta.dirs() == ["300W", "COFW68", "CelebA", "WFLW"]
+    other = load_dataset_meta("300w_cofw_wflw")
+    assert other.unlabeled == ("cofw_train", "wflw_train")
+    assert other.splits["cofw_train"].args == {
+        "mat": "COFW_train_color.mat",
+        "part": "train",
+        "scale": 1.3,
+        "unlabeled": True,
+    }
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("splits: {a: {}}\ntrain: a\n", "has no 'format'"),
+        ("format: nope\nsplits: {a: {}}\n", "unknown format 'nope'"),
+        ("format: 300w\nsplits: {a: {}}\ntrain: b\n", "train: split 'b' is not defined"),
+        ("format: 300w\nsplits: {a: {}}\ntest: {x: {split: c}}\n", "test.x uses split 'c'"),
+        ("format: 300w\nsplits: {a: {}}\ntest: {x: {split: a, when: 1}}\n", "unknown key"),
+        (
+            "format: 300w\nsplits: {a: {}}\nmetrics: {nme_io: inter_eye}\n",
+            "unknown normalization 'inter_eye'",
+        ),
+        ("format: 300w\nsplits: {a: {}}\nmetrics: {io: none}\n", "start with 'nme_'"),
+    ],
+)
+def test_bad_dataset_yaml_names_file_and_key(tmp_path, body, message):
+    path = tmp_path / "bad_dataset.yaml"
+    path.write_text("landmarks: ibug68\n" + body)
+    with pytest.raises(MetaError, match=message) as err:
+        load_dataset_meta(str(path))
+    assert str(path) in str(err.value)
 
 
 def test_unknown_name_lists_known_ones():
@@ -83,8 +140,10 @@ def test_wrongly_typed_scheme_is_a_meta_error_naming_the_file(tmp_path, body):
 def test_dataset_yaml_finds_its_scheme_relative_to_itself(tmp_path, monkeypatch):
     (tmp_path / "three.yaml").write_text("num_landmarks: 3\nflip_permutation: [1, 0, 2]\n")
     (tmp_path / "mine.yaml").write_text(
-        "landmarks: three.yaml\ndefault_norm: none\nsplits:\n  train: [a]\n  test:\n    all: [b]\n"
+        "landmarks: three.yaml\nformat: table\nmetrics: {nme_raw: none}\n"
+        "splits:\n  a: {file: t.csv}\n  b: {file: u.csv}\ntrain: a\ntest:\n  all: b\n"
     )
     monkeypatch.chdir("/")
     meta = load_dataset_meta(str(tmp_path / "mine.yaml"))
-    assert meta.landmarks.num_landmarks == 3 and meta.test_splits == {"all": ("b",)}
+    assert meta.landmarks.num_landmarks == 3 and meta.test["all"].split == "b"
+    assert meta.default_norm == "none" and meta.splits["a"].args == {"file": "t.csv"}

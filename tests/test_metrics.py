@@ -7,8 +7,13 @@ import pytest
 import torch
 from scipy.integrate import simpson as scipy_simpson
 
+from pipnet_lit.datasets.meta import load_landmark_scheme
 from pipnet_lit.metrics import AUC, NME, FailureRate, LandmarkMetrics, fr_auc, nme
 from pipnet_lit.metrics.functional import ced_curve, simpson
+
+IO68 = ((36,), (45,))
+IP68 = (tuple(range(36, 42)), tuple(range(42, 48)))
+SCHEMES = {68: "ibug68", 98: "wflw98", 29: "cofw29"}
 
 # --------------------------------------------------------------------------------------------------- NME
 
@@ -22,15 +27,18 @@ def shifted(target: torch.Tensor, dx: float, dy: float) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(("num_lms", "a", "b"), [(68, 36, 45), (98, 60, 72), (29, 8, 9)])
-def test_inter_ocular_defaults(num_lms, a, b):
+def test_inter_ocular_from_the_scheme_yaml(num_lms, a, b):
+    indices = load_landmark_scheme(SCHEMES[num_lms]).norm_indices("inter_ocular")
+    assert indices == ((a,), (b,))  # the official corners, as each scheme YAML states them
     gt = face(num_lms)
     gt[0, a] = torch.tensor([10.0, 20.0])
     gt[0, b] = torch.tensor([13.0, 24.0])  # distance 5
     pred = shifted(gt, 0.6, 0.8)  # every landmark off by 1.0
-    out = nme(pred, gt, "inter_ocular")
+    out = nme(pred, gt, "inter_ocular", norm_indices=indices)
     assert out.shape == (1,) and out.dtype == torch.float64
     assert out.item() == pytest.approx(1.0 / 5.0, rel=1e-12)
-    assert nme(pred, gt).item() == pytest.approx(0.2, rel=1e-12)  # inter_ocular is the default
+    with pytest.raises(ValueError, match="needs norm_indices"):  # no table keyed by landmark count
+        nme(pred, gt)
 
 
 def test_inter_pupil_300w_uses_eye_centres():
@@ -42,16 +50,18 @@ def test_inter_pupil_300w_uses_eye_centres():
         [[20.0, 0], [22, 0], [24, 0], [26, 0], [24, 2], [22, 2]], dtype=torch.float64
     )  # (23, 2/3)
     pred = shifted(gt, 2.0, 0.0)
-    assert nme(pred, gt, "inter_pupil").item() == pytest.approx(2.0 / 20.0, rel=1e-12)
+    assert nme(pred, gt, "inter_pupil", norm_indices=IP68).item() == pytest.approx(2.0 / 20.0, rel=1e-12)
 
 
 @pytest.mark.parametrize(("num_lms", "a", "b"), [(98, 96, 97), (29, 16, 17)])
-def test_inter_pupil_point_defaults(num_lms, a, b):
+def test_inter_pupil_points_from_the_scheme_yaml(num_lms, a, b):
+    indices = load_landmark_scheme(SCHEMES[num_lms]).norm_indices("inter_pupil")
+    assert indices == ((a,), (b,))
     gt = face(num_lms, seed=1)
     gt[0, a] = torch.tensor([5.0, 5.0])
     gt[0, b] = torch.tensor([5.0, 13.0])  # distance 8
     pred = shifted(gt, 0.0, -2.0)
-    assert nme(pred, gt, "inter_pupil").item() == pytest.approx(2.0 / 8.0, rel=1e-12)
+    assert nme(pred, gt, "inter_pupil", norm_indices=indices).item() == pytest.approx(2.0 / 8.0, rel=1e-12)
 
 
 def test_bbox_diag_none_and_tensor_norms():
@@ -88,10 +98,16 @@ def test_norm_indices_override_and_groups():
             torch.zeros(2, 5, 2),
             "inter_ocular",
             {},
-            "no default inter_ocular indices for 5",
+            "needs norm_indices",
         ),
         (torch.zeros(2, 5, 2), torch.zeros(2, 4, 2), "none", {}, r"both have shape \(B, L, 2\)"),
-        (torch.zeros(2, 68, 2), torch.zeros(2, 68, 2), "inter_ocular", {}, r"zero.*samples \[0, 1\]"),
+        (
+            torch.zeros(2, 68, 2),
+            torch.zeros(2, 68, 2),
+            "inter_ocular",
+            {"norm_indices": IO68},
+            r"zero.*samples \[0, 1\]",
+        ),
         (torch.zeros(1, 5, 2), torch.rand(1, 5, 2), "inter_ocular", {"norm_indices": (0, 7)}, "out of range"),
         (torch.zeros(1, 5, 2), torch.rand(1, 5, 2), "eyes", {}, "unknown norm 'eyes'"),
         (torch.zeros(2, 5, 2), torch.rand(2, 5, 2), torch.ones(3), {}, r"shape \(2,\)"),
@@ -198,12 +214,12 @@ def batches(seed: int = 0, n: int = 4):
 
 def test_landmark_metrics_equal_functional_on_concatenation():
     data = batches()
-    metric = LandmarkMetrics(threshold=0.08)
+    metric = LandmarkMetrics(threshold=0.08, norm_indices=IO68)
     for pred, gt in data:
         metric.update(pred, gt)
     pred = torch.cat([p for p, _ in data])
     gt = torch.cat([g for _, g in data])
-    expected = nme(pred, gt, "inter_ocular")
+    expected = nme(pred, gt, "inter_ocular", norm_indices=IO68)
     torch.testing.assert_close(metric.per_sample(), expected)
     fr, auc = fr_auc(expected, 0.08)
     out = metric.compute()
@@ -211,7 +227,7 @@ def test_landmark_metrics_equal_functional_on_concatenation():
     assert out["nme"].item() == pytest.approx(expected.mean().item(), abs=1e-12)
     assert out["fr@0.08"].item() == pytest.approx(fr, abs=1e-12) and 0 < fr < 1
     assert out["auc@0.08"].item() == pytest.approx(auc, abs=1e-12)
-    single = [NME(), FailureRate(0.08), AUC(0.08)]
+    single = [NME(norm_indices=IO68), FailureRate(0.08, norm_indices=IO68), AUC(0.08, norm_indices=IO68)]
     for m in single:
         for p, g in data:
             m.update(p, g)
@@ -228,26 +244,26 @@ def test_reset_norm_values_and_norm_config():
         metric.compute()
     metric.update(pred, gt)
     torch.testing.assert_close(metric.per_sample(), nme(pred, gt, "bbox"))
-    nm = NME()
+    nm = NME(norm_indices=IO68)
     norms = torch.full((pred.shape[0],), 0.5)
     nm.update(pred, gt, norms)
     torch.testing.assert_close(nm.per_sample(), nme(pred, gt, "none") * 2)
-    pupil = NME(norm="inter_pupil")
+    pupil = NME(norm="inter_pupil", norm_indices=IP68)
     pupil.update(pred, gt)
-    torch.testing.assert_close(pupil.per_sample(), nme(pred, gt, "inter_pupil"))
+    torch.testing.assert_close(pupil.per_sample(), nme(pred, gt, "inter_pupil", norm_indices=IP68))
 
 
 @pytest.mark.filterwarnings("ignore:The ``compute`` method")  # merge_state does not count as update
 def test_two_process_merge_equals_single_process():
     data = batches(seed=3, n=6)
-    single = LandmarkMetrics()
-    rank0, rank1 = LandmarkMetrics(), LandmarkMetrics()
+    single = LandmarkMetrics(norm_indices=IO68)
+    rank0, rank1 = LandmarkMetrics(norm_indices=IO68), LandmarkMetrics(norm_indices=IO68)
     for k, (pred, gt) in enumerate(data):
         single.update(pred, gt)
         (rank0 if k % 2 == 0 else rank1).update(pred, gt)
     expected = single.compute()
 
-    merged = LandmarkMetrics()
+    merged = LandmarkMetrics(norm_indices=IO68)
     merged.merge_state(rank0)
     merged.merge_state(rank1)
     got = merged.compute()
@@ -256,7 +272,24 @@ def test_two_process_merge_equals_single_process():
         assert got[key].item() == pytest.approx(expected[key].item(), abs=1e-12)
 
     # what a DDP sync leaves behind: the state as one concatenated tensor
-    gathered = LandmarkMetrics()
+    gathered = LandmarkMetrics(norm_indices=IO68)
     gathered.nmes = torch.cat([rank0.per_sample(), rank1.per_sample()])
     for key, value in gathered.compute().items():
         assert value.item() == pytest.approx(expected[key].item(), abs=1e-12)
+
+
+def test_box_sizes_hand_computed():
+    from pipnet_lit.metrics.functional import box_size
+
+    boxes = torch.tensor([[5.0, 7.0, 3.0, 4.0], [0.0, 0.0, 10.0, 2.5]], dtype=torch.float64)
+    torch.testing.assert_close(
+        box_size(boxes, "box_diag"), torch.tensor([5.0, (100 + 6.25) ** 0.5], dtype=torch.float64)
+    )
+    torch.testing.assert_close(
+        box_size(boxes, "box_sqrt_area"), torch.tensor([12**0.5, 5.0], dtype=torch.float64)
+    )
+    torch.testing.assert_close(
+        box_size(boxes, "box_long_side"), torch.tensor([4.0, 10.0], dtype=torch.float64)
+    )
+    with pytest.raises(ValueError, match="unknown box norm 'box_area'"):
+        box_size(boxes, "box_area")

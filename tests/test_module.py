@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from pipnet_lit.datasets.pts import read_pts
+from pipnet_lit.datasets.readers.w300 import crop_300w, list_pts_folder
+from pipnet_lit.datasets.records import BadInput, load_image_bgr
 from pipnet_lit.datasets.transforms import build_eval_transform
-from pipnet_lit.datasets.w300 import crop_300w, list_300w_folder, load_image_bgr
 from pipnet_lit.lit_module import PIPNetModule
 from pipnet_lit.metrics import nme
 from pipnet_lit.pip import compute_meanface
@@ -77,23 +78,24 @@ def test_predict_step_on_real_crops_returns_the_truncated_pts_coordinates(tmp_pa
     from pipnet_lit.datasets.datamodule import LandmarkDataModule
 
     root = tmp_path / "data"
-    generate_dataset(root, n_train=2, n_common=2, n_challenge=2, n_wild=0, image_size=96, seed=5)
+    generate_dataset(
+        root / "synthetic", n_train=2, n_common=2, n_challenge=2, n_wild=0, image_size=96, seed=5
+    )
     dm = LandmarkDataModule(
         meta="synthetic", root=str(root), cache_dir=str(tmp_path / "cache"), input_size=64, num_workers=0,
-        eval_batch_size=4,
+        eval_batch_size=4, load_unlabeled=False,
     )  # fmt: skip
     dm.prepare_data()
     dm.setup("predict")
     module = small_module()
     full = dm.eval_sets["synthetic_full"]
-    assert len(full) == 4 and {n.split("/")[0] for n in full.names} == {"common", "challenge"}
+    assert len(full) == 4 and {n.split("_")[0] for n in full.names} == {"common", "challenge"}
     batch = torch.utils.data.default_collate([full[i] for i in range(len(full))])
     monkeypatch.setattr(module, "predict_landmarks", lambda images: batch["landmarks"].double())
     out = module.predict_step(batch, 0)
     for index, pixels in zip(out["index"].tolist(), out["landmarks"], strict=True):
-        folder, crop = full.names[index].split("/", 1)
-        stem = crop[len(folder) + 1 : -len(".png")]
-        expected = np.trunc(read_pts(root / folder / f"{stem}.pts"))
+        folder, stem = full.names[index].split("_", 1)  # official crop name: <folder>_<image stem>
+        expected = np.trunc(read_pts(root / "synthetic" / folder / f"{stem}.pts"))
         np.testing.assert_allclose(pixels.numpy(), expected, atol=1e-3)
 
 
@@ -103,7 +105,7 @@ def few_faces(tmp_path_factory):
     generate_dataset(root, n_train=4, n_common=0, n_challenge=0, n_wild=0, image_size=128, seed=3)
     transform = build_eval_transform(128)
     images, landmarks = [], []
-    for image_path, pts_path in list_300w_folder(root, "trainset"):
+    for image_path, pts_path in list_pts_folder(root, "trainset", BadInput("raise")):
         crop, lms, _ = crop_300w(load_image_bgr(image_path), read_pts(pts_path), 128)
         tensor, lms = transform(crop, lms)
         images.append(tensor)

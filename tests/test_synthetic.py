@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from pipnet_lit.datasets.pts import read_pts
-from pipnet_lit.datasets.w300 import crop_300w, list_300w_folder, load_image_bgr
+from pipnet_lit.datasets.readers.w300 import crop_300w, list_pts_folder
+from pipnet_lit.datasets.records import BadInput, load_image_bgr
 from pipnet_lit.synthetic import faces
 from pipnet_lit.synthetic.__main__ import main as cli_main
 from pipnet_lit.synthetic.faces import (
@@ -191,7 +192,7 @@ def test_dataset_layout_and_pts(dataset: Path) -> None:
     assert manifest["counts"] == {"trainset": 3, "common": 2, "challenge": 2, "wild": 2}
     assert manifest["image_size"] == 96 and manifest["seed"] == 7 and manifest["image_format"] == "png"
     for split, n in manifest["counts"].items():
-        pairs = list_300w_folder(dataset, split)
+        pairs = list_pts_folder(dataset, split, BadInput("raise"))
         assert [i.name for i, _ in pairs] == [f"synth_{k:05d}.png" for k in range(n)]
         for image_path, pts_path in pairs:
             pts = read_pts(pts_path)
@@ -234,7 +235,7 @@ def test_splits_have_their_styles(tmp_path: Path) -> None:
 
     def yaw_proxy(split: str) -> float:
         out = []
-        for _, pts_path in list_300w_folder(tmp_path, split):
+        for _, pts_path in list_pts_folder(tmp_path, split, BadInput("raise")):
             p = read_pts(pts_path)
             out.append(abs(np.degrees(np.arctan2(p[45, 1] - p[36, 1], p[45, 0] - p[36, 0]))))
         return float(np.mean(out))
@@ -290,7 +291,7 @@ def test_interrupted_generation_leaves_no_manifest(tmp_path: Path, monkeypatch: 
 
 def test_output_goes_through_the_300w_crop(dataset: Path) -> None:
     for split in ("trainset", "challenge", "wild"):
-        for image_path, pts_path in list_300w_folder(dataset, split):
+        for image_path, pts_path in list_pts_folder(dataset, split, BadInput("raise")):
             crop, lms, (x, y, w, h) = crop_300w(load_image_bgr(image_path), read_pts(pts_path), 64)
             assert crop.shape == (64, 64, 3)
             assert 0.3 * 96 < max(w, h) < 0.85 * 96

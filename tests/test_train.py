@@ -35,27 +35,39 @@ W300_FOLDERS = {
 
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("synthetic")
-    generate_dataset(root, n_train=6, n_common=3, n_challenge=2, n_wild=0, image_size=96, seed=1)
+    """The synthetic download's folder, `<data.root>/synthetic`."""
+    root = tmp_path_factory.mktemp("data") / "synthetic"
+    generate_dataset(root, n_train=6, n_common=3, n_challenge=2, n_wild=2, image_size=96, seed=1)
     return root
 
 
 @pytest.fixture(scope="session")
 def w300_root(synthetic_root, tmp_path_factory) -> Path:
-    """The synthetic faces laid out as the real 300W download (afw/, helen/{trainset,testset}/, ...)."""
-    root = tmp_path_factory.mktemp("300W")
+    """The synthetic faces laid out as the real 300W download (`<data.root>/300W/afw/`, ...)."""
+    root = tmp_path_factory.mktemp("w300data") / "300W"
     for folder, source in W300_FOLDERS.items():
         shutil.copytree(synthetic_root / source, root / folder)
     return root
 
 
-def tiny_overrides(root: Path, workdir: Path, meta_root_key: str = "data.root") -> list[str]:
+@pytest.fixture(scope="session")
+def raw_root(tmp_path_factory) -> Path:
+    """A data.root with every download in its exact on-disk format (300W, WFLW, COFW(68), AFLW, CelebA)."""
+    from pipnet_lit.synthetic.raw import write_raw_downloads
+
+    root = tmp_path_factory.mktemp("raw")
+    write_raw_downloads(root, n=2, image_size=96, seed=2)
+    return root
+
+
+def tiny_overrides(root: Path, workdir: Path) -> list[str]:
+    """`root` is one download's folder; data.root is the folder holding it."""
     return [
-        f"{meta_root_key}={root}",
+        f"data.root={root.parent}",
         f"data.cache_dir={workdir / 'cache'}",
         "data.input_size=64",
         "data.batch_size=2",
-        "data.eval_batch_size=2",
+        "data.eval_batch_size=16",  # fast_dev_run scores one batch: every subset must be in it
         "data.num_workers=0",
         "data.synthetic=null",
         "model.pretrained=false",
@@ -78,21 +90,41 @@ def compose_train(overrides: list[str], workdir: Path):
     return cfg
 
 
+EXPECTED_SUBSETS = {
+    "300w": {"300w_full", "300w_common", "300w_challenge"},
+    "wflw": {
+        f"wflw_{s}" for s in ("full", "pose", "expression", "illumination", "makeup", "occlusion", "blur")
+    },
+    "cofw": {"cofw_full"},
+    "aflw": {"aflw_full"},
+    "synthetic": {"synthetic_full", "synthetic_common", "synthetic_challenge"},
+}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_fast_dev_run_of_every_experiment(experiment, synthetic_root, w300_root, tmp_path):
-    root = w300_root if experiment.startswith("300w") else synthetic_root
-    overrides = [f"+experiment={experiment}", "+debug=fast", *tiny_overrides(root, tmp_path)]
+def test_fast_dev_run_of_every_experiment(experiment, synthetic_root, raw_root, tmp_path):
+    """Every config composes and runs one batch of train / val / test on raw files in the real formats."""
+    root = synthetic_root if experiment == "synthetic" else raw_root / "300W"
+    cfg = compose_train([f"+experiment={experiment}"], tmp_path)
+    size = max(64, 2 * cfg.model.net_stride)  # at least a 2x2 grid (stride 128 needs 256 px)
+    overrides = [
+        f"+experiment={experiment}", "+debug=fast", *tiny_overrides(root, tmp_path), f"data.input_size={size}"
+    ]  # fmt: skip
+    if experiment.startswith("aflw"):  # the tiny AFLW file has 6 faces, not 24386: split them 4 / 2
+        overrides.append("data.split_overrides={train: {split_point: 4}, test: {split_point: 4}}")
     cfg = compose_train(overrides, tmp_path)
     metrics, objects = train(cfg)
     dm = objects["datamodule"]
     assert np.isfinite(metrics["train/loss"])
-    # one metric per evaluation subset, named after the dataset and the normalization
+    assert set(dm.eval_subset_names) == EXPECTED_SUBSETS[dm.meta.name]
+    # one metric per evaluation subset and normalization, named after both
+    primary = dm.meta.metrics[0].key
     for name in dm.eval_subset_names:
-        assert 0 < metrics[f"test/{name}/nme_io"] < 10
+        assert 0 < metrics[f"test/{name}/{primary}"] < 10, name
         assert 0 <= metrics[f"test/{name}/fr@0.10"] <= 1
-    expected = {"300w_full", "300w_common", "300w_challenge"} if root == w300_root else {"synthetic_common"}
-    assert expected <= set(dm.eval_subset_names)
+        for spec in dm.meta.metrics[1:]:
+            assert metrics[f"test/{name}/{spec.key}"] > 0
 
 
 @pytest.mark.slow
@@ -128,7 +160,7 @@ def test_fit_resume_and_evaluate(synthetic_root, tmp_path):
     # Evaluation entry point, as a user runs it, on the test folders alone (no training data needed).
     test_only = tmp_path / "test_only"
     for folder in ("common", "challenge"):
-        shutil.copytree(synthetic_root / folder, test_only / folder)
+        shutil.copytree(synthetic_root / folder, test_only / "synthetic" / folder)
 
     preds = tmp_path / "preds.csv"
     result = subprocess.run(
@@ -144,14 +176,16 @@ def test_fit_resume_and_evaluate(synthetic_root, tmp_path):
     assert "synthetic_common" in result.stdout and "nme" in result.stdout
     rows = list(csv.reader(preds.open()))
     assert rows[0][:4] == ["subset", "image", "x0", "y0"] and len(rows[0]) == 2 + 2 * 68
-    # every image of a multi-folder subset once, under its own name
+    # every image of a multi-folder subset once, under its official crop name
     full = sorted(r[1] for r in rows[1:] if r[0] == "synthetic_full")
     expected = sorted(
-        f"{folder}/{folder}_{p.stem}.png"
+        f"{folder}_{p.stem}"
         for folder in ("common", "challenge")
-        for p in (test_only / folder).glob("*.pts")
+        for p in (test_only / "synthetic" / folder).glob("*.pts")
     )
     assert full == expected and len(full) == 5
+    common = sorted(r[1] for r in rows[1:] if r[0] == "synthetic_common")
+    assert common == [n for n in expected if n.startswith("common_")] and len(common) == 3
     # the same checkpoint on the same images gives the numbers the training job reported
     evaluated = json.loads((tmp_path / "outputs" / "eval" / "ev" / "test_metrics.json").read_text())
     for subset in ("synthetic_full", "synthetic_common", "synthetic_challenge"):
@@ -168,8 +202,8 @@ def test_ddp_test_metrics_equal_single_process(synthetic_root, tmp_path):
 
     def make():
         dm = LandmarkDataModule(
-            meta="synthetic", root=str(synthetic_root), cache_dir=str(tmp_path / "cache"), input_size=64,
-            eval_batch_size=2, num_workers=0, eval_subsets=["full"],
+            meta="synthetic", root=str(synthetic_root.parent), cache_dir=str(tmp_path / "cache"),
+            input_size=64, eval_batch_size=2, num_workers=0, eval_subsets=["full"],
         )  # fmt: skip
         torch.manual_seed(0)
         module = PIPNetModule(net_stride=16, input_size=64, pretrained=False)
@@ -208,13 +242,72 @@ def test_missing_folder_names_the_dataset_layout(synthetic_root, tmp_path):
     from pipnet_lit.datasets.datamodule import LandmarkDataModule
 
     partial = tmp_path / "partial"
-    shutil.copytree(synthetic_root / "common", partial / "common")
+    shutil.copytree(synthetic_root / "common", partial / "synthetic" / "common")
     dm = LandmarkDataModule(meta="synthetic", root=str(partial), cache_dir=str(tmp_path / "c"), input_size=64)
-    with pytest.raises(FileNotFoundError, match=r"lacks the folder\(s\) \['trainset', 'challenge'\]"):
+    with pytest.raises(FileNotFoundError) as err:
         dm.prepare_data()
-    # evaluation of a checkpoint does not need the training folder
-    dm = LandmarkDataModule(
-        meta="synthetic", root=str(partial), cache_dir=str(tmp_path / "c"), input_size=64, load_train=False
+    message = str(err.value)
+    # the dataset, the split, the folder it looked in, the expected layout and where to get it
+    assert (
+        "dataset 'synthetic' (split 'train')" in message
+        and str(partial / "synthetic" / "trainset") in message
     )
-    with pytest.raises(FileNotFoundError, match=r"\['challenge'\]"):
+    assert "expected layout: trainset/, common/, challenge/, wild/" in message
+    assert "get it from:" in message and "data.root=" in message
+    # evaluation of a checkpoint does not need the training folder, only the test folders
+    dm = LandmarkDataModule(
+        meta="synthetic", root=str(partial), cache_dir=str(tmp_path / "c"), input_size=64, load_train=False,
+        load_unlabeled=False,
+    )  # fmt: skip
+    with pytest.raises(FileNotFoundError, match=r"split 'test'\)(.|\n)*synthetic/challenge"):
         dm.prepare_data()
+    # a 300W download missing a folder names the 300W layout and its download page
+    dm = LandmarkDataModule(meta="300w", root=str(partial), cache_dir=str(tmp_path / "c"), input_size=64)
+    with pytest.raises(FileNotFoundError, match=r"(?s)dataset '300w'.*300W/afw.*ibug\.doc\.ic\.ac\.uk"):
+        dm.prepare_data()
+
+
+@pytest.mark.slow
+def test_readme_custom_data_example_trains_and_tests(tmp_path):
+    """The README's custom-data example: a table of 5-point faces, its scheme and dataset YAML, trained."""
+    from pipnet_lit.synthetic.raw.table import write_table_example
+
+    out = write_table_example(tmp_path / "data" / "mydata")
+    overrides = [
+        "data=custom", f"data.meta={out['meta']}", "model.num_nb=4", "+debug=fast",
+        *tiny_overrides(out["data_root"] / "mydata", tmp_path),
+    ]  # fmt: skip
+    metrics, objects = train(compose_train(overrides, tmp_path))
+    dm = objects["datamodule"]
+    assert dm.num_landmarks == 5 and objects["model"].hparams.num_landmarks == 5
+    assert len(dm.train_set) == 6 and len(dm.eval_sets["mydata_test"]) == 3
+    assert dm.train_set.names[0] == "images_0001" and dm.eval_sets["mydata_test"].names[0] == "images_0007"
+    assert 0 < metrics["test/mydata_test/nme_io"] < 10 and metrics["test/mydata_test/nme_box"] > 0
+
+
+def test_val_split_is_a_seeded_hold_out_of_train(synthetic_root, tmp_path):
+    from pipnet_lit.datasets.datamodule import LandmarkDataModule
+
+    def make(seed):
+        dm = LandmarkDataModule(
+            meta="synthetic", root=str(synthetic_root.parent), cache_dir=str(tmp_path / "c"), input_size=64,
+            num_workers=0, val_fraction=0.34, val_seed=seed, load_unlabeled=False,
+        )  # fmt: skip
+        dm.prepare_data()
+        dm.setup("fit")
+        return dm
+
+    dm = make(0)
+    all_train = {f"trainset_synth_{i:05d}" for i in range(6)}
+    assert len(dm.val_set) == 2 and len(dm.train_set) == 4  # round(0.34 * 6)
+    assert set(dm.val_set.names) | set(dm.train_set.names) == all_train
+    assert not set(dm.val_set.names) & set(dm.train_set.names)
+    assert dm.val_subset_names == ["synthetic_val"] and dm.eval_layout("val")[0]["synthetic_val"].all()
+    # test subsets stay the test data; the mean face comes from the training part only
+    assert dm.eval_subset_names == ["synthetic_full", "synthetic_common", "synthetic_challenge"]
+    kept = [dm.train_set.names.index(n) for n in dm.train_set.names]
+    np.testing.assert_allclose(
+        dm.meanface, dm.train_set.landmarks[kept].astype(np.float64).mean(0), atol=1e-6
+    )
+    assert make(0).val_set.names == dm.val_set.names  # seeded
+    assert make(1).val_set.names != dm.val_set.names or make(2).val_set.names != dm.val_set.names

@@ -18,15 +18,9 @@ def _num_landmarks(meta: str) -> int:
     return load_dataset_meta(str(meta)).landmarks.num_landmarks
 
 
-def _default_norm(meta: str) -> str:
-    from pipnet_lit.datasets.meta import load_dataset_meta
-
-    return load_dataset_meta(str(meta)).default_norm
-
-
 def register_resolvers() -> None:
-    """`${pipnet.num_landmarks:<data.meta>}` and `${pipnet.default_norm:<data.meta>}` read dataset facts."""
-    for name, fn in (("pipnet.num_landmarks", _num_landmarks), ("pipnet.default_norm", _default_norm)):
+    """`${pipnet.num_landmarks:<data.meta>}` reads the landmark count from the dataset description."""
+    for name, fn in (("pipnet.num_landmarks", _num_landmarks),):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
 

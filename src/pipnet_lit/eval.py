@@ -28,21 +28,27 @@ def load_module(ckpt_path: str | Path) -> PIPNetModule:
 
 
 def write_predictions(predictions: list, datamodule: Any, path: str | Path) -> Path:
-    """One CSV row per image: subset, image name, then x0 y0 x1 y1 ... in source-image pixels."""
+    """One CSV row per (subset, image): subset key, crop name, then x0 y0 x1 y1 ... in source-image pixels.
+
+    ``predictions`` is ``trainer.predict``'s output over the datamodule's evaluation pools (one loader per
+    split; an image in several subsets, e.g. 300W ``common`` and ``full``, gets a row for each).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    per_loader = predictions if len(datamodule.eval_sets) > 1 else [predictions]
+    pools = datamodule.eval_pools
+    per_loader = predictions if len(pools) > 1 else [predictions]
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         num = datamodule.num_landmarks
         writer.writerow(["subset", "image"] + [f"{a}{i}" for i in range(num) for a in ("x", "y")])
-        for subset, batches, dataset in zip(
-            datamodule.eval_subset_names, per_loader, datamodule.eval_sets.values(), strict=True
-        ):
-            names = dataset.names
+        for pool, batches in zip(pools, per_loader, strict=True):
+            names = pool.dataset.names
             for batch in batches:
                 for idx, pts in zip(batch["index"].tolist(), batch["landmarks"], strict=True):
-                    writer.writerow([subset, names[idx]] + [f"{v:.3f}" for v in pts.flatten().tolist()])
+                    coords = [f"{v:.3f}" for v in pts.flatten().tolist()]
+                    for subset, mask in pool.subsets.items():
+                        if mask[idx]:
+                            writer.writerow([subset, names[idx], *coords])
     return path
 
 
@@ -53,7 +59,9 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, dict[str, float]], dict[str, An
     L.seed_everything(cfg.seed, workers=True)
     model = load_module(cfg.ckpt_path)
     # the checkpoint fixes the input size; the training folders are not needed (the mean face is inside)
-    datamodule = instantiate(cfg.data, input_size=model.hparams.input_size, load_train=False)
+    datamodule = instantiate(
+        cfg.data, input_size=model.hparams.input_size, load_train=False, load_unlabeled=False
+    )
     trainer: L.Trainer = instantiate(
         cfg.trainer, logger=instantiate_group(cfg.get("logger")) or False, callbacks=_progress_bar()
     )

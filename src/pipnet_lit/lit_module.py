@@ -16,12 +16,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pipnet_lit.datasets.geometry import denormalize_points
 from pipnet_lit.metrics import LandmarkMetrics
+from pipnet_lit.metrics.functional import BOX_SIZES, box_size
 from pipnet_lit.models import PIPNet
-from pipnet_lit.pip import Neighbors, build_neighbors, decode, encode_targets, pip_loss
-
-#: Short tags used in metric keys, so every key names its normalization (e.g. `test/300w_full/nme_io`).
-NORM_TAGS = {"inter_ocular": "io", "inter_pupil": "ip", "bbox": "box", "diag": "diag", "none": "raw"}
+from pipnet_lit.pip import (
+    Neighbors,
+    build_neighbors,
+    curriculum_loss,
+    decode,
+    encode_curriculum_targets,
+    encode_targets,
+    pip_loss,
+)
 
 
 class PIPNetModule(L.LightningModule):
@@ -29,12 +36,14 @@ class PIPNetModule(L.LightningModule):
 
     Args:
         backbone, num_landmarks, num_nb, net_stride, input_size, pretrained: the network (`PIPNet`).
+        coarse_levels: 2 adds the score maps 2x / 4x coarser (the same cls_layer on max-pooled features, no
+            new weights) that the curriculum self-training tasks cls2 / cls3 supervise; 0 for supervised.
         cls_loss, reg_loss, cls_weight, reg_weight: the loss (`pip_loss`); paper: l2, l1, 10, 1.
         lr, weight_decay, milestones, gamma: Adam + MultiStepLR; paper: 1e-4, -, [30, 50], 0.1.
             weight_decay None follows the official rule: 5e-4 when training from scratch, 0 when pretrained.
-        norm: NME normalization ('inter_ocular', 'inter_pupil', 'bbox', 'diag', 'none').
-        norm_indices: the two landmark index groups for inter_ocular / inter_pupil (from the dataset's
-            landmark scheme; filled in from the datamodule when left empty).
+        metrics: the NMEs to compute, each ``{"key": "nme_io", "norm": "inter_ocular", "indices": [[36],
+            [45]]}``; the first is the primary one (FR / AUC, ``val/nme``). None (default): the dataset
+            YAML's ``metrics:``, taken from the datamodule.
         fr_threshold, auc_step: failure-rate threshold and AUC integration step.
         merge: decode with the neighbour-vote merge (the paper's inference) or the landmark's own estimate.
     """
@@ -47,6 +56,7 @@ class PIPNetModule(L.LightningModule):
         net_stride: int = 32,
         input_size: int = 256,
         pretrained: bool = True,
+        coarse_levels: int = 0,
         cls_loss: str = "l2",
         reg_loss: str = "l1",
         cls_weight: float = 10.0,
@@ -55,20 +65,15 @@ class PIPNetModule(L.LightningModule):
         weight_decay: float | None = None,
         milestones: Sequence[int] = (30, 50),
         gamma: float = 0.1,
-        norm: str = "inter_ocular",
-        norm_indices: Sequence[Sequence[int]] | None = None,
+        metrics: Sequence[dict[str, Any]] | None = None,
         fr_threshold: float = 0.1,
         auc_step: float = 1e-4,
         merge: bool = True,
     ) -> None:
         super().__init__()
-        if norm not in NORM_TAGS:
-            raise ValueError(f"model.norm={norm!r} is not one of {sorted(NORM_TAGS)}")
         # plain Python containers (not Hydra's ListConfig) so checkpoints load with weights_only=True
         milestones = [int(m) for m in milestones]
-        norm_indices = (
-            [[int(i) for i in group] for group in norm_indices] if norm_indices is not None else None
-        )
+        metrics = None if metrics is None else [_plain_metric(m) for m in metrics]
         self.save_hyperparameters()
         self.net = PIPNet(
             backbone=backbone,
@@ -77,12 +82,15 @@ class PIPNetModule(L.LightningModule):
             net_stride=net_stride,
             pretrained=pretrained,
             input_size=input_size,
+            coarse_levels=coarse_levels,
         )
         # The mean face is "extra state", not a buffer: it stays float64 on the CPU whatever precision or
         # device the network is moved to (a bf16 cast would silently change the neighbour indices).
         self.meanface: Tensor | None = None
         self._neighbors: Neighbors | None = None
-        self._subsets: list[str] = []
+        # per stage ('val' / 'test' / 'predict'): for each loader, subset key -> mask over its images
+        self._layouts: dict[str, list[dict[str, np.ndarray]]] = {}
+        self._metric_specs: list[dict[str, Any]] = list(metrics or [])
         self.metrics = torch.nn.ModuleDict()
         self.test_results: dict[str, dict[str, float]] = {}
         self.example_input_array = torch.zeros(1, 3, input_size, input_size)
@@ -128,23 +136,26 @@ class PIPNetModule(L.LightningModule):
                 )
             if self.meanface is None and getattr(dm, "meanface", None) is not None:
                 self.set_meanface(dm.meanface)
-            if self.hparams.norm_indices is None and self.hparams.norm in ("inter_ocular", "inter_pupil"):
-                self.hparams.norm_indices = [
-                    list(g) for g in dm.meta.landmarks.norm_indices(self.hparams.norm)
-                ]
-            names = list(dm.eval_subset_names)
+            if self.hparams.metrics is None:
+                self._metric_specs = [_plain_metric(m) for m in dm.metric_specs]
+            self._layouts = {s: dm.eval_layout(s) for s in ("val", "test", "predict")}
         else:
-            names = ["eval"]
-        self._subsets = names
-        for name in names:
-            if name not in self.metrics:
-                self.metrics[name] = self._new_metric()
+            self._layouts = {}
+        if not self._metric_specs:
+            self._metric_specs = [{"key": "nme_raw", "norm": "none", "indices": None}]
+        for layout in self._layouts.values():
+            for name in (key for loader in layout for key in loader):
+                if name not in self.metrics:
+                    self.metrics[name] = torch.nn.ModuleDict(
+                        {spec["key"]: self._new_metric(spec) for spec in self._metric_specs}
+                    )
 
-    def _new_metric(self) -> LandmarkMetrics:
+    def _new_metric(self, spec: dict[str, Any]) -> LandmarkMetrics:
         hp = self.hparams
-        indices = [list(g) for g in hp.norm_indices] if hp.norm_indices is not None else None
+        # box norms are scored in pixels with per-sample norms (update's norm_values)
+        norm = "none" if spec["norm"] in BOX_SIZES else spec["norm"]
         return LandmarkMetrics(
-            norm=hp.norm, norm_indices=indices, threshold=hp.fr_threshold, step=hp.auc_step
+            norm=norm, norm_indices=spec.get("indices"), threshold=hp.fr_threshold, step=hp.auc_step
         )
 
     # -- forward / decode --------------------------------------------------------------------------
@@ -155,21 +166,29 @@ class PIPNetModule(L.LightningModule):
     def predict_landmarks(self, images: Tensor) -> Tensor:
         """(B, L, 2) landmarks, normalized to [0, 1] of the input crop."""
         out = self.net(images)
-        return decode(*out, self.neighbors, merge=self.hparams.merge)
+        return decode(out, self.neighbors, merge=self.hparams.merge)
 
     # -- training ----------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        """The PIP loss; with a batch ``task`` tensor (self-training) that is not all ``std``, the
+        curriculum loss, each sample supervising the maps of its task (std / cls2 / cls3)."""
         out = self.net(batch["image"])
-        targets = encode_targets(batch["landmarks"], self.neighbors, tuple(out.score.shape[-2:]))
+        grid = tuple(out.score.shape[-2:])
         hp = self.hparams
-        loss = pip_loss(
-            out,
-            targets,
-            cls_loss=hp.cls_loss,
-            reg_loss=hp.reg_loss,
-            cls_weight=hp.cls_weight,
-            reg_weight=hp.reg_weight,
+        weights = dict(
+            cls_loss=hp.cls_loss, reg_loss=hp.reg_loss, cls_weight=hp.cls_weight, reg_weight=hp.reg_weight
         )
+        tasks = batch.get("task")
+        if tasks is None or bool((tasks == 0).all()):  # all std: exactly the supervised loss
+            loss = pip_loss(out, encode_targets(batch["landmarks"], self.neighbors, grid), **weights)
+        else:
+            if not out.score_coarse:
+                raise ValueError(
+                    "this batch holds cls2 / cls3 self-training samples, but the network has no coarse score "
+                    "maps: set model.coarse_levels=2"
+                )
+            targets = encode_curriculum_targets(batch["landmarks"], tasks, self.neighbors, grid)
+            loss = curriculum_loss(out, targets, **weights)
         batch_size = batch["image"].shape[0]
         self.log("train/loss", loss.total, prog_bar=True, batch_size=batch_size)
         self.log_dict(
@@ -179,38 +198,65 @@ class PIPNetModule(L.LightningModule):
         return loss.total
 
     # -- evaluation --------------------------------------------------------------------------------
-    def _eval_step(self, batch: dict[str, Tensor], dataloader_idx: int) -> None:
+    def _eval_step(self, batch: dict[str, Tensor], dataloader_idx: int, stage: str) -> None:
+        """One forward per batch; every subset of this loader scores its own rows with every NME."""
         pred = self.predict_landmarks(batch["image"])
-        self.metrics[self._subsets[dataloader_idx]].update(pred, batch["landmarks"])
+        layout = self._layouts.get(stage)
+        if not layout:
+            raise RuntimeError(
+                "evaluation needs a LandmarkDataModule (it says which subsets each loader holds)"
+            )
+        index = batch["index"].cpu().numpy()
+        for name, mask in layout[dataloader_idx].items():
+            rows = torch.from_numpy(np.flatnonzero(mask[index])).to(pred.device)
+            if rows.numel() == 0:
+                continue
+            p, t, box = pred[rows], batch["landmarks"][rows], batch["box"][rows]
+            for spec in self._metric_specs:
+                metric = self.metrics[name][spec["key"]]
+                if spec["norm"] in BOX_SIZES:  # pixels of the crop box, divided by the box's size
+                    dtype = torch.float32 if p.device.type == "mps" else torch.float64
+                    wh = box[:, None, 2:4].to(dtype)
+                    metric.update(p.to(dtype) * wh, t.to(dtype) * wh, norm_values=box_size(box, spec["norm"]))
+                else:
+                    metric.update(p, t)
 
-    def _eval_epoch_end(self, stage: str) -> dict[str, float]:
-        tag = NORM_TAGS[self.hparams.norm]
+    def _eval_epoch_end(self, stage: str) -> dict[str, dict[str, float]]:
         results: dict[str, dict[str, float]] = {}
         distributed = self.trainer.world_size > 1
-        for name in self._subsets:
-            metric = self.metrics[name]
-            # under DDP every rank must join compute()'s all-gather, even one whose shard was empty
-            if not (metric.update_called or distributed):
+        names = [key for loader in self._layouts.get(stage, []) for key in loader]
+        primary = self._metric_specs[0]["key"]
+        for name in names:
+            values: dict[str, float] = {}
+            for spec in self._metric_specs:
+                metric = self.metrics[name][spec["key"]]
+                # under DDP every rank must join compute()'s all-gather, even one whose shard was empty
+                if not (metric.update_called or distributed):
+                    continue
+                computed = metric.compute()
+                metric.reset()
+                values[spec["key"]] = float(computed["nme"])
+                if spec["key"] == primary:
+                    values.update({k: float(v) for k, v in computed.items() if k != "nme"})
+            if not values:
                 continue
-            values = {(f"nme_{tag}" if k == "nme" else k): float(v) for k, v in metric.compute().items()}
-            metric.reset()
             results[name] = values
             for key, value in values.items():
                 # compute() gathered every rank's per-sample NMEs already: the values agree across ranks
                 self.log(f"{stage}/{name}/{key}", value, add_dataloader_idx=False, sync_dist=False)
         if results:
             first = next(iter(results.values()))
-            self.log(f"{stage}/nme", first[f"nme_{tag}"], prog_bar=True, add_dataloader_idx=False)
+            self.log(f"{stage}/nme", first[primary], prog_bar=True, add_dataloader_idx=False)
         return results
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step(batch, dataloader_idx)
+        self._eval_step(batch, dataloader_idx, "val")
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step(batch, dataloader_idx)
+        self._eval_step(batch, dataloader_idx, "test")
 
     def on_test_epoch_end(self) -> None:
         self.test_results = self._eval_epoch_end("test")
@@ -220,8 +266,7 @@ class PIPNetModule(L.LightningModule):
     ) -> dict[str, Tensor]:
         """Landmarks in the source image's pixels (the annotation's convention) and in crop coordinates."""
         pred = self.predict_landmarks(batch["image"])
-        box = batch["box"].to(pred.dtype)
-        pixels = pred * box[:, None, 2:] + box[:, None, :2]
+        pixels = denormalize_points(pred, batch["box"].to(pred.dtype))
         return {"landmarks": pixels, "landmarks_crop": pred, "index": batch["index"]}
 
     # -- optimisation ------------------------------------------------------------------------------
@@ -233,3 +278,14 @@ class PIPNetModule(L.LightningModule):
             optimizer, milestones=list(hp.milestones), gamma=hp.gamma
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+
+def _plain_metric(spec: Any) -> dict[str, Any]:
+    """A metric spec as plain Python (checkpoints load with weights_only=True)."""
+    spec = dict(spec)
+    indices = spec.get("indices")
+    return {
+        "key": str(spec["key"]),
+        "norm": str(spec["norm"]),
+        "indices": None if indices is None else [[int(i) for i in g] for g in indices],
+    }

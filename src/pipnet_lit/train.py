@@ -17,12 +17,26 @@ from pipnet_lit.reporting import report
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Fit and/or test the model the config describes. Returns (metrics, objects)."""
+    """Fit and/or test the model the config describes. Returns (metrics, objects).
+
+    With ``ssl.round`` set (the self-training experiments), runs that round of the chain instead
+    (``pipnet_lit.ssl.chain.run_round``).
+    """
     from hydra.utils import instantiate
 
+    if cfg.get("ssl") is not None and cfg.ssl.get("round") is not None:
+        from pipnet_lit.ssl.chain import run_round
+
+        return run_round(cfg)
     _check_run_folder(cfg)
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.data)
+    return fit_and_test(cfg, instantiate(cfg.data))
+
+
+def fit_and_test(cfg: DictConfig, datamodule: L.LightningDataModule) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Build model, callbacks, loggers and trainer from ``cfg``; fit on ``datamodule``, then test."""
+    from hydra.utils import instantiate
+
     model = instantiate(cfg.model)
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))

@@ -1,12 +1,18 @@
-"""LightningDataModule for benchmarks stored in the 300W on-disk layout (folders of images + `.pts`).
+"""One LightningDataModule for every benchmark, and for compositions of several downloads.
 
-`prepare_data` crops every folder once into a cache (official crop arithmetic, see `w300.py`);
-`setup` builds the training set, one evaluation set per named test subset, and the mean face.
+A dataset description (``meta/<name>.yaml`` or a user's YAML) names splits, each read from its download by
+a format reader and cropped once into the crop cache (``cache.py``); roles then say which splits train,
+which subsets evaluate and which split is the unlabeled pool. So 300W alone, WFLW with its attribute
+subsets, or 300W labeled + CelebA unlabeled + COFW-68 / WFLW-68 tests are all the same code.
+
+Evaluation reads each split once: subsets (300W ``common`` / ``challenge`` / ``full``, WFLW's attribute
+subsets) are index selections of it, and the module scores every subset from that one pass.
 """
 
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +23,13 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
+from pipnet_lit.datasets.cache import CachedSplit, prepare_split, read_split
 from pipnet_lit.datasets.dataset import CropDataset
-from pipnet_lit.datasets.meta import DatasetMeta, load_dataset_meta
+from pipnet_lit.datasets.meta import DatasetMeta, SubsetSpec, load_dataset_meta
+from pipnet_lit.datasets.readers import read_records
+from pipnet_lit.datasets.records import BadInput, MissingDownloadError
 from pipnet_lit.datasets.transforms import build_eval_transform, build_train_transform
-from pipnet_lit.datasets.w300 import load_prepared_split, prepare_300w_split
-from pipnet_lit.pip import compute_meanface
+from pipnet_lit.pip import TASKS, compute_meanface
 
 
 def _plain(value: Any) -> Any:
@@ -32,31 +40,74 @@ def _plain(value: Any) -> Any:
     )
 
 
-def _folder_key(folder: str) -> str:
-    return folder.strip("/").replace("/", "_")
+@dataclass
+class EvalPool:
+    """One evaluation loader: a cached split read once, and the subsets scored on it.
+
+    ``subsets`` maps a metric-key name (``300w_common``) to a boolean mask (N,) over the pool's images.
+    """
+
+    split: str
+    dataset: CropDataset
+    subsets: dict[str, np.ndarray]
+
+
+def select_subset(split: CachedSplit, spec: SubsetSpec, source: str = "") -> np.ndarray:
+    """0-based positions of ``split`` that subset ``spec`` keeps (``where`` filters, then ``indices``)."""
+    keep = np.ones(len(split), dtype=bool)
+    for attr, values in (spec.where or {}).items():
+        found = [a.get(attr) for a in split.attributes]
+        if all(v is None for v in found):
+            known = sorted({k for a in split.attributes for k in a})
+            raise ValueError(
+                f"{source}test.{spec.name}: no face of split {spec.split!r} has the attribute {attr!r} "
+                f"(its faces have {known})"
+            )
+        allowed = {str(v) for v in values}
+        keep &= np.array([str(v) in allowed for v in found], dtype=bool)
+    positions = np.flatnonzero(keep)
+    if spec.indices is not None:
+        bad = [i for i in spec.indices if i >= len(split)]
+        if bad:
+            raise ValueError(
+                f"{source}test.{spec.name}: indices {bad[:5]} beyond the split's {len(split)} faces"
+            )
+        positions = np.array([i for i in spec.indices if keep[i]], dtype=np.int64)
+    return positions
 
 
 class LandmarkDataModule(L.LightningDataModule):
-    """Train / evaluation data for one benchmark described by a metadata file (`meta`).
+    """Train / validation / test / unlabeled data described by a dataset YAML (``meta``).
 
     Args:
-        meta: built-in dataset name ('300w', 'synthetic') or a path to a dataset YAML.
-        root: the raw download (the folder holding afw/, helen/, ... for 300W).
-        cache_dir: where the cropped, resized images and their annotations are cached.
+        meta: built-in dataset name ('300w', 'wflw', 'cofw', 'aflw', '300w_celeba', 'synthetic', ...) or a
+            path to a dataset YAML.
+        root: the data folder holding each download under its usual name (``300W/``, ``WFLW/``, ...).
+        cache_dir: where crops are cached (``<cache_dir>/<meta name>/<split>_<size>px/``).
         input_size: side of the square network input, in pixels.
-        eval_subsets: test subsets to validate and test on (default: all subsets the metadata names).
-        augment: keyword arguments for `build_train_transform` (probabilities, ranges).
-        synthetic: if given, keyword arguments for `pipnet_lit.synthetic.generate_dataset`, run in
-            `prepare_data` (a no-op when the data on disk already match).
-        load_train: prepare and load the training folders (and the mean face). Evaluation of a trained
-            checkpoint sets this to False: it needs only the test folders.
+        batch_size, eval_batch_size, num_workers, pin_memory: the loaders.
+        crop_scale: overrides the ``scale`` of every split that sets one (e.g. 1.3 for 300W).
+        eval_subsets: test subsets to evaluate (default: all the YAML names).
+        augment: keyword arguments for ``build_train_transform`` (probabilities, ranges).
+        synthetic: keyword arguments for ``pipnet_lit.synthetic.generate_dataset``, run in ``prepare_data``
+            into ``root / <dir>`` (a no-op when the data on disk already match).
+        load_train: prepare and load the training splits (and the mean face). Evaluating a checkpoint sets
+            this to False: it needs only the test splits.
+        load_unlabeled: prepare and load the unlabeled pool (default: when the YAML defines one).
+        val_fraction: hold out this fraction of the training faces (seeded by ``val_seed``) as a validation
+            split ``<name>_val``; 0 (default) validates on the test subsets, the official protocol.
+        bad_input: ``{"train": "skip" | "raise", "eval": "skip" | "raise"}``: what to do with a malformed
+            annotation or unreadable image (skip with a counted warning, or fail naming the file).
+        prepare_workers: threads that crop in ``prepare_data`` (default: every core).
+        split_overrides: reader arguments replacing the YAML's, per split, e.g. ``{"train": {"split_point":
+            100}}`` (AFLW on a smaller file) or ``{"test": {"folders": ["ibug"]}}``.
     """
 
     def __init__(
         self,
         meta: str = "synthetic",
-        root: str = "data/synthetic",
-        cache_dir: str = "data/cache/synthetic",
+        root: str = "data",
+        cache_dir: str = "data/cache",
         input_size: int = 256,
         batch_size: int = 16,
         eval_batch_size: int | None = None,
@@ -67,27 +118,63 @@ class LandmarkDataModule(L.LightningDataModule):
         synthetic: dict[str, Any] | None = None,
         pin_memory: bool = False,
         load_train: bool = True,
+        load_unlabeled: bool | None = None,
+        val_fraction: float = 0.0,
+        val_seed: int = 0,
+        bad_input: dict[str, str] | None = None,
+        prepare_workers: int | None = None,
+        split_overrides: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         super().__init__()
         # plain Python containers (not Hydra's DictConfig) so checkpoints load with weights_only=True
-        eval_subsets, augment, synthetic = (_plain(v) for v in (eval_subsets, augment, synthetic))
+        eval_subsets, augment, synthetic, bad_input, split_overrides = (
+            _plain(v) for v in (eval_subsets, augment, synthetic, bad_input, split_overrides)
+        )
         if isinstance(eval_subsets, str):
             eval_subsets = [eval_subsets]
+        bad_input = {"train": "skip", "eval": "raise", **(bad_input or {})}
         self.save_hyperparameters(logger=False)
-        self.meta: DatasetMeta = load_dataset_meta(meta)
+        self.meta: DatasetMeta = load_dataset_meta(str(meta))
         self.root = Path(root)
         self.cache_dir = Path(cache_dir)
-        self.crop_scale = float(crop_scale if crop_scale is not None else self.meta.crop_scale)
-        unknown = sorted(set(eval_subsets or ()) - set(self.meta.test_splits))
+        unknown = sorted(set(eval_subsets or ()) - set(self.meta.test))
         if unknown:
             raise ValueError(
                 f"data.eval_subsets names {unknown}, which dataset {self.meta.name!r} does not define; "
-                f"choose from {sorted(self.meta.test_splits)}"
+                f"choose from {sorted(self.meta.test)}"
             )
-        self.eval_subsets = list(eval_subsets or self.meta.test_splits)
+        unknown = sorted(set(split_overrides or {}) - set(self.meta.splits))
+        if unknown:
+            raise ValueError(
+                f"data.split_overrides names {unknown}, which dataset {self.meta.name!r} does not define; "
+                f"its splits: {sorted(self.meta.splits)}"
+            )
+        if not 0.0 <= float(val_fraction) < 1.0:
+            raise ValueError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
+        if load_train and not self.meta.train:
+            raise ValueError(
+                f"dataset {self.meta.name!r} has no training split (it is evaluation-only); train on another "
+                "dataset, or evaluate with python -m pipnet_lit.eval"
+            )
+        self.eval_subsets = list(eval_subsets or self.meta.test)
         self.train_set: CropDataset | None = None
+        self.val_set: CropDataset | None = None
+        self.unlabeled_set: CropDataset | None = None
         self.eval_sets: dict[str, CropDataset] = {}
+        self.eval_pools: list[EvalPool] = []
         self.meanface: np.ndarray | None = None
+        self._pseudo: tuple[Path, str] | None = None
+
+    def set_pseudo_labels(self, folder: str | Path, task: str = "std") -> None:
+        """Train on the labeled split plus the unlabeled pool's pseudo-labels in ``folder`` (self-training).
+
+        Every pseudo-labeled face carries ``task`` (``std``, ``cls2`` or ``cls3``), labeled faces ``std``;
+        batches then hold a ``task`` tensor and the module picks the loss from it. Call before ``setup``.
+        """
+        if task not in TASKS:
+            raise ValueError(f"pseudo-label task must be one of {TASKS}, got {task!r}")
+        self._pseudo = (Path(folder), task)
+        self.train_set = None
 
     # -- facts other components read ---------------------------------------------------------------
     @property
@@ -96,79 +183,229 @@ class LandmarkDataModule(L.LightningDataModule):
 
     @property
     def eval_subset_names(self) -> list[str]:
-        """Metric-key names of the evaluation subsets, e.g. 'synthetic_common'."""
+        """Metric-key names of the test subsets, e.g. '300w_common'."""
         return [f"{self.meta.name}_{s}" for s in self.eval_subsets]
 
-    def _folders(self) -> list[str]:
-        folders = list(self.meta.train_folders) if self.hparams.load_train else []
-        for subset in self.eval_subsets:
-            folders += [f for f in self.meta.test_splits[subset] if f not in folders]
-        return folders
+    @property
+    def val_subset_names(self) -> list[str]:
+        """Metric-key names scored during validation: the held-out split, or the test subsets."""
+        return [f"{self.meta.name}_val"] if self._uses_val_split else self.eval_subset_names
 
-    def _cache_for(self, folder: str) -> Path:
-        return self.cache_dir / f"{self.hparams.input_size}px_s{self.crop_scale:g}" / _folder_key(folder)
+    @property
+    def _uses_val_split(self) -> bool:
+        return float(self.hparams.val_fraction) > 0 and bool(self.hparams.load_train)
+
+    @property
+    def metric_specs(self) -> list[dict[str, Any]]:
+        """The dataset's NME definitions (key, norm, index groups); the first is the primary one."""
+        return [m.as_dict() for m in self.meta.metrics]
+
+    def _use_unlabeled(self) -> bool:
+        flag = self.hparams.load_unlabeled
+        return bool(self.meta.unlabeled) if flag is None else bool(flag)
+
+    def _needed_splits(self) -> dict[str, str]:
+        """split name -> role ('train', 'eval' or 'unlabeled') of every split this run reads."""
+        needed: dict[str, str] = {}
+        if self.hparams.load_train:
+            needed.update({s: "train" for s in self.meta.train})
+        for subset in self.eval_subsets:
+            needed.setdefault(self.meta.test[subset].split, "eval")
+        if self._use_unlabeled():
+            if not self.meta.unlabeled:
+                raise ValueError(
+                    f"data.load_unlabeled=true, but dataset {self.meta.name!r} has no unlabeled split"
+                )
+            for s in self.meta.unlabeled:
+                needed.setdefault(s, "unlabeled")
+        return needed
+
+    def _split_args(self, split: str) -> dict[str, Any]:
+        args = {**self.meta.splits[split].args, **(self.hparams.split_overrides or {}).get(split, {})}
+        if self.hparams.crop_scale is not None and "scale" in args:
+            args["scale"] = float(self.hparams.crop_scale)
+        return args
+
+    def split_cache_dir(self, split: str) -> Path:
+        return self.cache_dir / self.meta.name / f"{split}_{self.hparams.input_size}px"
+
+    def _bad_input(self, role: str, split: str) -> BadInput:
+        mode = self.hparams.bad_input["eval" if role == "eval" else "train"]
+        return BadInput(mode, what=f"{self.meta.name}/{split} ({'eval' if role == 'eval' else 'train'})")
+
+    def _missing_download(self, split: str, err: Exception) -> FileNotFoundError:
+        spec = self.meta.splits[split]
+        where = self.root / spec.dir
+        lines = [
+            f"dataset {self.meta.name!r} (split {split!r}): {err}",
+            f"  looked in: {where} (data.root={self.root}, folder {spec.dir!r})",
+        ]
+        if self.meta.layout:
+            lines.append(f"  expected layout: {self.meta.layout}")
+        if self.meta.download:
+            lines.append(f"  get it from: {self.meta.download}")
+        lines.append(
+            "  or set data.root=/path/to/your/data (the folder holding each download by its usual name)"
+        )
+        return MissingDownloadError("\n".join(lines))
 
     # -- Lightning hooks ---------------------------------------------------------------------------
     def prepare_data(self) -> None:
+        """Generate the synthetic data if asked, then read and crop every split this run needs (cached)."""
         if self.hparams.synthetic is not None:
             from pipnet_lit.synthetic import generate_dataset
 
-            generate_dataset(self.root, **self.hparams.synthetic)
-        if not self.root.is_dir():
-            raise FileNotFoundError(
-                f"dataset root {self.root} does not exist: download {self.meta.name} there or set "
-                f"data.root=/path/to/it (expected sub-folders: {self._folders()})"
-            )
-        missing = [f for f in self._folders() if not (self.root / f).is_dir()]
-        if missing:
-            raise FileNotFoundError(
-                f"{self.root} lacks the folder(s) {missing} that dataset {self.meta.name!r} reads "
-                f"(its layout: {self._folders()}); check data.root"
-            )
-        for folder in self._folders():
-            prepare_300w_split(
-                self.root, [folder], self._cache_for(folder), self.hparams.input_size, scale=self.crop_scale
-            )
-
-    def _read(
-        self, folders: tuple[str, ...] | list[str]
-    ) -> tuple[list[Path], np.ndarray, np.ndarray, list[str]]:
-        """Crop paths, landmarks (N, L, 2) float64, boxes (N, 4) and 'folder/crop' names of some folders."""
-        scheme = self.meta.landmarks
-        paths, landmarks, boxes, names = [], [], [], []
-        for folder in folders:
-            cache = self._cache_for(folder)
-            p, lms, b, n = load_prepared_split(cache)
-            if not p:
-                continue
-            if lms.shape[1] != scheme.num_landmarks:
+            folders = {self.meta.splits[s].dir for s in self._needed_splits()}
+            for folder in sorted(folders):
+                generate_dataset(self.root / folder, **self.hparams.synthetic)
+        for split, role in self._needed_splits().items():
+            spec = self.meta.splits[split]
+            bad = self._bad_input(role, split)
+            try:
+                records = read_records(spec.format, self.root / spec.dir, bad=bad, **self._split_args(split))
+            except MissingDownloadError as err:
+                raise self._missing_download(split, err) from None
+            if not records:
                 raise ValueError(
-                    f"{cache}: {lms.shape[1]} landmarks per face, but dataset "
-                    f"{self.meta.name!r} uses scheme {scheme.name!r} with {scheme.num_landmarks}"
+                    f"dataset {self.meta.name!r}, split {split!r}: no faces found under "
+                    f"{self.root / spec.dir}"
                 )
-            paths += p
-            landmarks.append(lms)
-            boxes.append(b)
-            names += [f"{folder}/{name}" for name in n]
-        if not paths:
-            raise ValueError(f"folders {list(folders)} under {self.root} hold no annotated images")
-        return paths, np.concatenate(landmarks), np.concatenate(boxes), names
+            prepare_split(
+                records,
+                self.split_cache_dir(split),
+                self.hparams.input_size,
+                bad=bad,
+                description=f"{self.meta.name}/{split}",
+                params={
+                    "meta": self.meta.name,
+                    "split": split,
+                    "format": spec.format,
+                    **self._split_args(split),
+                },
+                workers=self.hparams.prepare_workers,
+            )
+            bad.warn_summary()
+
+    def _read(self, split: str) -> CachedSplit:
+        cached = read_split(self.split_cache_dir(split))
+        if cached.landmarks is not None and len(cached) and cached.landmarks.shape[1] != self.num_landmarks:
+            raise ValueError(
+                f"{cached.cache_dir}: {cached.landmarks.shape[1]} landmarks per face, but dataset "
+                f"{self.meta.name!r} uses scheme {self.meta.landmarks.name!r} with {self.num_landmarks}"
+            )
+        return cached
+
+    def _read_many(self, splits: tuple[str, ...]) -> CachedSplit:
+        parts = [self._read(s) for s in splits]
+        if len(parts) == 1:
+            return parts[0]
+        landmarks = (
+            None if any(p.landmarks is None for p in parts) else np.concatenate([p.landmarks for p in parts])
+        )
+        return CachedSplit(
+            parts[0].cache_dir,
+            [n for p in parts for n in p.names],
+            [q for p in parts for q in p.image_paths],
+            landmarks,
+            np.concatenate([p.boxes for p in parts]),
+            [a for p in parts for a in p.attributes],
+        )
+
+    def setup_unlabeled(self) -> CropDataset:
+        """Load the unlabeled pool (after ``prepare_data``) without the rest: what pseudo-labelling needs."""
+        if self.unlabeled_set is None:
+            if not self.meta.unlabeled:
+                raise ValueError(f"dataset {self.meta.name!r} defines no unlabeled split")
+            pool = self._read_many(self.meta.unlabeled)
+            pool.landmarks = None  # an unlabeled pool's annotations (if any) are never used
+            self.unlabeled_set = _dataset(pool, build_eval_transform(self.hparams.input_size))
+        return self.unlabeled_set
+
+    def _with_pseudo_labels(self, train: CachedSplit) -> tuple[CachedSplit, np.ndarray]:
+        """The labeled split followed by the pseudo-labeled pool faces, and each face's task id."""
+        tasks = np.zeros(len(train), dtype=np.int64)
+        if self._pseudo is None:
+            return train, tasks
+        from pipnet_lit.ssl.pseudo_labels import read_pseudo_labels
+
+        folder, task = self._pseudo
+        labels = read_pseudo_labels(folder)
+        pool = self._read_many(self.meta.unlabeled)
+        position = {n: i for i, n in enumerate(pool.names)}
+        missing = [n for n in labels.names if n not in position]
+        if missing:
+            raise ValueError(
+                f"{folder}: pseudo-labels for {len(missing)} face(s) not in the unlabeled pool of "
+                f"{self.meta.name!r} (e.g. {missing[0]}); delete the folder to regenerate it"
+            )
+        picked = pool.select([position[n] for n in labels.names])
+        if len(labels.names) and labels.landmarks.shape[1] != self.num_landmarks:
+            raise ValueError(
+                f"{folder}: {labels.landmarks.shape[1]} landmarks, the dataset has {self.num_landmarks}"
+            )
+        picked.landmarks = labels.landmarks.reshape(len(labels.names), self.num_landmarks, 2)
+        both = CachedSplit(
+            train.cache_dir,
+            train.names + picked.names,
+            train.image_paths + picked.image_paths,
+            np.concatenate([train.landmarks, picked.landmarks]),
+            np.concatenate([train.boxes, picked.boxes]),
+            train.attributes + picked.attributes,
+        )
+        tasks = np.concatenate([tasks, np.full(len(picked), TASKS.index(task), dtype=np.int64)])
+        return both, tasks
 
     def setup(self, stage: str | None = None) -> None:
-        if self.hparams.load_train and self.train_set is None:
-            paths, landmarks, boxes, names = self._read(self.meta.train_folders)
-            self.meanface = compute_meanface(landmarks)  # float64, as the official gen_meanface
+        hp = self.hparams
+        eval_transform = build_eval_transform(hp.input_size)
+        if hp.load_train and self.train_set is None:
+            train = self._read_many(self.meta.train)
+            if train.landmarks is None or not len(train):
+                raise ValueError(f"dataset {self.meta.name!r}: the training split holds no labeled faces")
+            if self._uses_val_split:
+                order = np.random.default_rng(hp.val_seed).permutation(len(train))
+                n_val = max(1, int(round(hp.val_fraction * len(train))))
+                val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+                self.val_set = _dataset(train.select(val_idx), eval_transform)
+                train = train.select(train_idx)
+            # float64, as the official gen_meanface; from the labeled faces only (never pseudo-labels)
+            self.meanface = compute_meanface(train.landmarks)
             transform = build_train_transform(
-                self.hparams.input_size, self.meta.landmarks.flip_permutation, **(self.hparams.augment or {})
+                hp.input_size, self.meta.landmarks.flip_permutation, **(hp.augment or {})
             )
             # distinct augmentation streams per DDP rank (workers re-derive theirs in _seed_worker)
             transform.set_seed(random.randrange(2**31) + 1_000_003 * _rank())
-            self.train_set = CropDataset(paths, landmarks, boxes, transform, names=names)
-        if not self.eval_sets:
-            transform = build_eval_transform(self.hparams.input_size)
-            for name, subset in zip(self.eval_subset_names, self.eval_subsets, strict=True):
-                paths, landmarks, boxes, names = self._read(self.meta.test_splits[subset])
-                self.eval_sets[name] = CropDataset(paths, landmarks, boxes, transform, names=names)
+            train, tasks = self._with_pseudo_labels(train)
+            self.train_set = _dataset(train, transform, tasks if self._pseudo is not None else None)
+        if not self.eval_pools:
+            by_split: dict[str, list[str]] = {}
+            for subset in self.eval_subsets:
+                by_split.setdefault(self.meta.test[subset].split, []).append(subset)
+            for split, subsets in by_split.items():
+                cached = self._read(split)
+                if cached.landmarks is None:
+                    raise ValueError(f"dataset {self.meta.name!r}: test split {split!r} has no landmarks")
+                pool = _dataset(cached, eval_transform)
+                masks = {}
+                for subset in subsets:
+                    positions = select_subset(cached, self.meta.test[subset], f"{self.meta.path}: ")
+                    key = f"{self.meta.name}_{subset}"
+                    mask = np.zeros(len(cached), dtype=bool)
+                    mask[positions] = True
+                    masks[key] = mask
+                    self.eval_sets[key] = _dataset(cached.select(positions), eval_transform)
+                self.eval_pools.append(EvalPool(split, pool, masks))
+            # keep eval_sets in the YAML's (or eval_subsets') order
+            self.eval_sets = {k: self.eval_sets[k] for k in self.eval_subset_names}
+        if self._use_unlabeled():
+            self.setup_unlabeled()
+
+    # -- evaluation layout (what the module scores on each loader) ---------------------------------
+    def eval_layout(self, stage: str) -> list[dict[str, np.ndarray]]:
+        """For each loader of ``stage`` ('val' / 'test' / 'predict'): subset key -> mask over its images."""
+        if stage == "val" and self._uses_val_split:
+            return [{f"{self.meta.name}_val": np.ones(len(self.val_set), dtype=bool)}]
+        return [pool.subsets for pool in self.eval_pools]
 
     def _loader(self, dataset: CropDataset, shuffle: bool, batch_size: int) -> DataLoader:
         workers = self.hparams.num_workers
@@ -197,18 +434,33 @@ class LandmarkDataModule(L.LightningDataModule):
             raise RuntimeError("this datamodule was built with load_train=False: it has no training data")
         return self._loader(self.train_set, shuffle=True, batch_size=self.hparams.batch_size)
 
-    def _eval_loaders(self) -> list[DataLoader]:
-        size = self.hparams.eval_batch_size or self.hparams.batch_size
-        return [self._loader(ds, shuffle=False, batch_size=size) for ds in self.eval_sets.values()]
+    def _eval_size(self) -> int:
+        return self.hparams.eval_batch_size or self.hparams.batch_size
+
+    def _pool_loaders(self) -> list[DataLoader]:
+        return [self._loader(p.dataset, shuffle=False, batch_size=self._eval_size()) for p in self.eval_pools]
 
     def val_dataloader(self) -> list[DataLoader]:
-        return self._eval_loaders()
+        if self._uses_val_split:
+            return [self._loader(self.val_set, shuffle=False, batch_size=self._eval_size())]
+        return self._pool_loaders()
 
     def test_dataloader(self) -> list[DataLoader]:
-        return self._eval_loaders()
+        return self._pool_loaders()
 
     def predict_dataloader(self) -> list[DataLoader]:
-        return self._eval_loaders()
+        return self._pool_loaders()
+
+    def unlabeled_dataloader(self) -> DataLoader:
+        if self.unlabeled_set is None:
+            raise RuntimeError(f"dataset {self.meta.name!r} was set up without an unlabeled pool")
+        return self._loader(self.unlabeled_set, shuffle=False, batch_size=self._eval_size())
+
+
+def _dataset(split: CachedSplit, transform: Any, tasks: np.ndarray | None = None) -> CropDataset:
+    return CropDataset(
+        split.image_paths, split.landmarks, split.boxes, transform, names=split.names, tasks=tasks
+    )
 
 
 def _rank() -> int:

@@ -40,20 +40,79 @@ class LandmarkScheme:
         return self.norms[norm]
 
 
+#: NME normalizations a dataset YAML may name under ``metrics:``. Scheme norms use the scheme's index
+#: groups; ``none``/``bbox``/``diag`` work on normalized crop coordinates; ``box_*`` on pixels of the
+#: crop box.
+SCHEME_NORMS = ("inter_ocular", "inter_pupil")
+CROP_NORMS = ("none", "bbox", "diag")
+BOX_NORMS = ("box_diag", "box_sqrt_area", "box_long_side")
+METRIC_NORMS = SCHEME_NORMS + CROP_NORMS + BOX_NORMS
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One NME: its metric key (``nme_io``), normalization, and index groups for scheme norms."""
+
+    key: str
+    norm: str
+    indices: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        groups = None if self.indices is None else [list(g) for g in self.indices]
+        return {"key": self.key, "norm": self.norm, "indices": groups}
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """A named set of faces: read by reader ``format`` from ``data.root / dir`` with keyword ``args``."""
+
+    name: str
+    format: str
+    dir: str
+    args: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SubsetSpec:
+    """An evaluation subset: a split, optionally narrowed by attribute values or 0-based positions."""
+
+    name: str
+    split: str
+    where: dict[str, tuple[Any, ...]] | None = None
+    indices: tuple[int, ...] | None = None
+
+
 @dataclass(frozen=True)
 class DatasetMeta:
-    """A benchmark: its landmark scheme, default NME norm, crop factor and named splits.
+    """A benchmark (or a composition of several downloads): its landmark scheme, metrics, splits and roles.
 
-    `test_splits` maps a subset name (e.g. 'common') to the folders it is made of.
+    Roles: ``train`` (labeled training splits), ``test`` (evaluation subsets by name), ``unlabeled`` (splits
+    whose landmarks are not used: the self-training pool). See ``meta/300w.yaml`` for the schema.
     """
 
     name: str
     landmarks: LandmarkScheme
-    default_norm: str
-    crop_scale: float
-    train_folders: tuple[str, ...]
-    test_splits: dict[str, tuple[str, ...]]
-    unlabeled_folders: tuple[str, ...] = ()
+    metrics: tuple[MetricSpec, ...]
+    splits: dict[str, SplitSpec]
+    train: tuple[str, ...]
+    test: dict[str, SubsetSpec]
+    unlabeled: tuple[str, ...] = ()
+    download: str = ""
+    layout: str = ""
+    path: Path | None = None
+
+    @property
+    def default_norm(self) -> str:
+        """The primary metric's normalization (the first under ``metrics:``)."""
+        return self.metrics[0].norm
+
+    @property
+    def test_subsets(self) -> list[str]:
+        return list(self.test)
+
+    def dirs(self) -> list[str]:
+        """The download folders this dataset reads, under ``data.root``."""
+        return sorted({s.dir for s in self.splits.values()})
 
 
 def _resolve(name_or_path: str | Path) -> Path:
@@ -139,19 +198,94 @@ def load_dataset_meta(name_or_path: str) -> DatasetMeta:
         ) from err
 
 
+def _as_tuple(value: Any) -> tuple[Any, ...]:
+    if value is None:
+        return ()
+    return tuple(value) if isinstance(value, list | tuple) else (value,)
+
+
+def _parse_metrics(data: dict[str, Any], path: Path, scheme: LandmarkScheme) -> tuple[MetricSpec, ...]:
+    raw = data.get("metrics") or {"nme_io": "inter_ocular"}
+    if not isinstance(raw, dict):
+        raise MetaError(f"{path}: 'metrics' must map metric keys (e.g. nme_io) to normalizations")
+    specs = []
+    for key, norm in raw.items():
+        if norm not in METRIC_NORMS:
+            raise MetaError(
+                f"{path}: metrics.{key}: unknown normalization {norm!r}; choose from {METRIC_NORMS}"
+            )
+        if not str(key).startswith("nme_"):
+            raise MetaError(f"{path}: metrics.{key}: metric keys start with 'nme_' (e.g. nme_io, nme_box)")
+        indices = scheme.norm_indices(norm) if norm in SCHEME_NORMS else None
+        specs.append(MetricSpec(str(key), str(norm), indices))
+    return tuple(specs)
+
+
+def _parse_split(name: str, raw: Any, data: dict[str, Any], path: Path) -> SplitSpec:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise MetaError(f"{path}: splits.{name} must be a mapping of reader arguments")
+    args = dict(raw)
+    fmt = args.pop("format", data.get("format"))
+    folder = args.pop("dir", data.get("dir", "."))
+    if not fmt:
+        raise MetaError(f"{path}: splits.{name} has no 'format' (set 'format:' at the top or in the split)")
+    from pipnet_lit.datasets.readers import known_formats
+
+    if fmt not in known_formats():
+        raise MetaError(f"{path}: splits.{name}: unknown format {fmt!r}; known: {known_formats()}")
+    return SplitSpec(name, str(fmt), str(folder), args)
+
+
+def _parse_subset(name: str, raw: Any, splits: dict[str, SplitSpec], path: Path) -> SubsetSpec:
+    if isinstance(raw, str):
+        raw = {"split": raw}
+    if not isinstance(raw, dict) or "split" not in raw:
+        raise MetaError(
+            f"{path}: test.{name} must name a split, or be {{split: ..., where: ..., indices: ...}}"
+        )
+    split = str(raw["split"])
+    if split not in splits:
+        raise MetaError(f"{path}: test.{name} uses split {split!r}, which 'splits:' does not define")
+    unknown = set(raw) - {"split", "where", "indices"}
+    if unknown:
+        raise MetaError(f"{path}: test.{name}: unknown key(s) {sorted(unknown)} (split, where, indices)")
+    where = raw.get("where")
+    if where is not None:
+        if not isinstance(where, dict):
+            raise MetaError(f"{path}: test.{name}.where must map attribute names to values")
+        where = {str(k): _as_tuple(v) for k, v in where.items()}
+    indices = raw.get("indices")
+    if indices is not None:
+        indices = tuple(int(i) for i in indices)
+        if any(i < 0 for i in indices):
+            raise MetaError(f"{path}: test.{name}.indices must be 0-based positions (>= 0)")
+    return SubsetSpec(name, split, where, indices)
+
+
 def _parse_dataset(data: dict[str, Any], path: Path, scheme: LandmarkScheme) -> DatasetMeta:
-    splits = _require(data, "splits", path)
-    train = tuple(_require(splits, "train", path))
-    tests = {str(k): tuple(v) for k, v in (_require(splits, "test", path) or {}).items()}
-    default_norm = str(data.get("default_norm", "inter_ocular"))
-    if default_norm in ("inter_ocular", "inter_pupil"):
-        scheme.norm_indices(default_norm)  # the scheme must say which landmarks define it
+    raw_splits = _require(data, "splits", path)
+    if not isinstance(raw_splits, dict) or not raw_splits:
+        raise MetaError(f"{path}: 'splits' must map split names to reader arguments")
+    splits = {str(k): _parse_split(str(k), v, data, path) for k, v in raw_splits.items()}
+    roles = {}
+    for role in ("train", "unlabeled"):
+        names = tuple(str(s) for s in _as_tuple(data.get(role)))
+        for split in names:
+            if split not in splits:
+                raise MetaError(f"{path}: {role}: split {split!r} is not defined under 'splits:'")
+        roles[role] = names
+    test = {str(k): _parse_subset(str(k), v, splits, path) for k, v in (data.get("test") or {}).items()}
     return DatasetMeta(
         name=str(data.get("name", path.stem)),
         landmarks=scheme,
-        default_norm=default_norm,
-        crop_scale=float(data.get("crop_scale", 1.1)),
-        train_folders=train,
-        test_splits=tests,
-        unlabeled_folders=tuple(data.get("unlabeled") or ()),
+        metrics=_parse_metrics(data, path, scheme),
+        splits=splits,
+        train=roles["train"],
+        test=test,
+        unlabeled=roles["unlabeled"],
+        download=str(data.get("download", "")),
+        layout=str(data.get("layout", "")),
+        path=path,
     )

@@ -15,17 +15,9 @@ from torch import Tensor
 
 NORMS = ("inter_ocular", "inter_pupil", "bbox", "diag", "none")
 
-# Default normalization points per landmark count, 0-based; each side is a group of points whose mean is used.
-INTER_OCULAR_INDICES: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {
-    68: ((36,), (45,)),  # 300W: outer eye corners
-    98: ((60,), (72,)),  # WFLW: outer eye corners
-    29: ((8,), (9,)),  # COFW: as the official lib/test.py
-}
-INTER_PUPIL_INDICES: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {
-    68: (tuple(range(36, 42)), tuple(range(42, 48))),  # 300W: eye centres = mean of the six eye points
-    98: ((96,), (97,)),  # WFLW: pupil points
-    29: ((16,), (17,)),  # COFW: pupil points
-}
+# Which landmarks define inter_ocular / inter_pupil is a fact of the landmark scheme (its YAML's `norms:`),
+# passed in as `norm_indices`; there is no table keyed by landmark count here.
+BOX_SIZES = ("box_diag", "box_sqrt_area", "box_long_side")
 
 NormSpec = str | float | int | Tensor
 IndexSpec = Sequence[int | Sequence[int]]
@@ -35,18 +27,14 @@ def _work_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
-def _index_groups(
-    norm: str, norm_indices: IndexSpec | None, num_lms: int, defaults: dict
-) -> tuple[list[int], list[int]]:
+def _index_groups(norm: str, norm_indices: IndexSpec | None, num_lms: int) -> tuple[list[int], list[int]]:
     if norm_indices is None:
-        if num_lms not in defaults:
-            raise ValueError(
-                f"nme: no default {norm} indices for {num_lms} landmarks (known: "
-                f"{sorted(defaults)}); pass norm_indices=(a, b) or two lists of point indices"
-            )
-        spec = defaults[num_lms]
-    else:
-        spec = norm_indices
+        raise ValueError(
+            f"nme: {norm} needs norm_indices, the two landmark index groups of the scheme (the landmark "
+            f"scheme YAML's 'norms:' entry, e.g. ibug68 inter_ocular [[36], [45]]); got none for {num_lms} "
+            "landmarks"
+        )
+    spec = norm_indices
     if isinstance(spec, (str, bytes)) or not isinstance(spec, Sequence) or len(spec) != 2:
         raise ValueError(f"nme: norm_indices must be two indices or two lists of indices, got {spec!r}")
     groups = []
@@ -84,8 +72,7 @@ def normalization(
     if norm == "none":
         return torch.ones(b, dtype=dtype, device=target.device)
     if norm in ("inter_ocular", "inter_pupil"):
-        defaults = INTER_OCULAR_INDICES if norm == "inter_ocular" else INTER_PUPIL_INDICES
-        left, right = _index_groups(norm, norm_indices, num_lms, defaults)
+        left, right = _index_groups(norm, norm_indices, num_lms)
         a = gt[:, left].mean(dim=1)
         c = gt[:, right].mean(dim=1)
         return (a - c).square().sum(dim=1).sqrt()
@@ -106,11 +93,12 @@ def nme(
 
     Args:
         pred, target: (B, L, 2) landmarks in the same coordinates (pixels or normalized crop coordinates).
-        norm: "inter_ocular" (outer eye corners: 68 -> 36/45, 98 -> 60/72, 29 -> 8/9), "inter_pupil" (eye
-            centres: 68 -> means of 36..41 and 42..47, 98 -> 96/97, 29 -> 16/17), "bbox" (sqrt(w * h) of the
+        norm: "inter_ocular" / "inter_pupil" (distance between the means of the two `norm_indices` groups,
+            which the landmark scheme defines: 300W outer eye corners 36/45, eye centres 36..41 / 42..47),
+            "bbox" (sqrt(w * h) of the
             ground-truth landmarks' box), "diag" (its diagonal), "none" or 1 (no normalization, e.g. AFLW on
             normalized crop coordinates), a positive number, or a (B,) tensor of per-sample values.
-        norm_indices: overrides the eye indices: (a, b) or two lists of indices whose means are used.
+        norm_indices: for inter_ocular / inter_pupil: (a, b) or two lists of indices whose means are used.
 
     Returns:
         (B,) float64 NMEs (float32 on MPS).
@@ -218,3 +206,18 @@ def fr_auc(
     fr = 1.0 - float(ys[-1])
     auc = float(simpson(ys, xs)) / threshold
     return fr, auc
+
+
+def box_size(boxes: Tensor, kind: str) -> Tensor:
+    """Per-sample size (B,) of boxes (B, 4) ``[x0, y0, w, h]`` in pixels, for box-normalized NMEs.
+
+    ``box_diag`` = sqrt(w^2 + h^2), ``box_sqrt_area`` = sqrt(w * h), ``box_long_side`` = max(w, h) (MMPose).
+    """
+    wh = boxes[..., 2:4].to(_work_dtype(boxes.device))
+    if kind == "box_diag":
+        return wh.square().sum(dim=-1).sqrt()
+    if kind == "box_sqrt_area":
+        return (wh[..., 0] * wh[..., 1]).sqrt()
+    if kind == "box_long_side":
+        return wh.amax(dim=-1)
+    raise ValueError(f"box_size: unknown box norm {kind!r}; valid: {', '.join(BOX_SIZES)}")

@@ -21,7 +21,7 @@ class LandmarkNMEState(Metric):
     Args:
         norm: normalization passed to `pipnet_lit.metrics.functional.nme` ("inter_ocular", "inter_pupil",
             "bbox", "diag", "none" or a positive number).
-        norm_indices: optional eye indices overriding the per-landmark-count defaults.
+        norm_indices: the two index groups of inter_ocular / inter_pupil (from the landmark scheme).
     """
 
     is_differentiable = False

@@ -24,6 +24,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--n-challenge", type=int, default=100, help="hard-pose/occluded test images (default 100)"
     )
     parser.add_argument("--n-wild", type=int, default=500, help="second-style pool images (default 500)")
+    parser.add_argument(
+        "--n-wild-test",
+        type=int,
+        default=0,
+        help="labeled second-style test images, folder wild_test (default 0)",
+    )
     parser.add_argument("--size", type=int, default=128, help="square image side in pixels (default 128)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument(
@@ -50,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             n_common=args.n_common,
             n_challenge=args.n_challenge,
             n_wild=args.n_wild,
+            n_wild_test=args.n_wild_test,
             image_size=args.size,
             seed=args.seed,
             face_fraction=tuple(args.face_fraction),

@@ -21,7 +21,6 @@ arguments always give byte-identical files (adding images to one split does not 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -32,6 +31,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from pipnet_lit.datasets.cache import read_manifest, write_manifest
 from pipnet_lit.datasets.pts import write_pts
 
 __all__ = [
@@ -51,7 +51,13 @@ __all__ = [
 GENERATOR_VERSION = 1
 STYLES = ("clean", "challenge", "wild")
 # Split folder -> rendering style; the folders mirror datasets/meta/synthetic.yaml.
-SPLIT_STYLES = {"trainset": "clean", "common": "clean", "challenge": "challenge", "wild": "wild"}
+SPLIT_STYLES = {
+    "trainset": "clean",
+    "common": "clean",
+    "challenge": "challenge",
+    "wild": "wild",
+    "wild_test": "wild",  # a labeled test split of the second style (the self-training cross-domain test)
+}
 MANIFEST_NAME = "synthetic.json"
 NUM_LANDMARKS = 68
 
@@ -551,19 +557,13 @@ def _manifest(
         "face_fraction": [float(v) for v in face_fraction],
         "image_format": fmt,
         "pts_convention": "1-based pixel coordinates (300W): pts = continuous + 0.5",
-        "styles": dict(SPLIT_STYLES),
+        "styles": {split: SPLIT_STYLES[split] for split in counts},
         "counts": dict(counts),
     }
 
 
 def _is_complete(root: Path, manifest: dict) -> bool:
-    path = root / MANIFEST_NAME
-    if not path.is_file():
-        return False
-    try:
-        if json.loads(path.read_text(encoding="utf-8")) != manifest:
-            return False
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    if read_manifest(root / MANIFEST_NAME) != manifest:
         return False
     for split, count in manifest["counts"].items():
         folder = root / split
@@ -579,6 +579,7 @@ def generate_dataset(
     n_common: int,
     n_challenge: int,
     n_wild: int,
+    n_wild_test: int = 0,
     image_size: int = 128,
     seed: int = 0,
     face_fraction: tuple[float, float] = (0.4, 0.7),
@@ -588,8 +589,9 @@ def generate_dataset(
 ) -> dict[str, int]:
     """Write synthetic faces in the 300W on-disk format under ``root``.
 
-    Folders ``trainset`` (clean), ``common`` (clean), ``challenge`` (challenge style) and ``wild`` (the
-    second style: an unlabeled / cross-domain pool), each holding ``synth_<index>.<ext>`` images with
+    Folders ``trainset`` (clean), ``common`` (clean), ``challenge`` (challenge style), ``wild`` (the
+    second style: an unlabeled / cross-domain pool) and, when ``n_wild_test`` > 0, ``wild_test`` (a labeled
+    test split of the second style), each holding ``synth_<index>.<ext>`` images with
     ``synth_<index>.pts`` (1-based pixels), plus ``synthetic.json`` (parameters and counts). If the manifest
     already matches, nothing is written (cache hit). Otherwise everything is rendered into a temporary
     folder inside ``root`` and swapped in; the manifest is written last, so an interrupted run is never
@@ -600,6 +602,8 @@ def generate_dataset(
         split folder -> number of images.
     """
     counts = {"trainset": n_train, "common": n_common, "challenge": n_challenge, "wild": n_wild}
+    if n_wild_test:  # only when asked, so data sets made before this split existed stay cache hits
+        counts["wild_test"] = n_wild_test
     for split, n in counts.items():
         if not isinstance(n, int | np.integer) or n < 0:
             raise ValueError(f"generate_dataset: the {split} count must be a non-negative int, got {n!r}")
@@ -643,9 +647,7 @@ def generate_dataset(
             if (root / split).exists():
                 shutil.rmtree(root / split)
             os.replace(tmp / split, root / split)
-        manifest_tmp = root / f".{MANIFEST_NAME}.tmp-{os.getpid()}"
-        manifest_tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        os.replace(manifest_tmp, root / MANIFEST_NAME)
+        write_manifest(root / MANIFEST_NAME, manifest)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

@@ -1,0 +1,3 @@
+from pipnet_lit.synthetic.raw import main
+
+main()
