@@ -1,0 +1,169 @@
+"""Curriculum self-training chain: pseudo-labels, rounds as Hydra jobs, resume, multi-chain stages."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipnet_lit.ssl.chain import check_schedule, write_rounds_report
+from pipnet_lit.ssl.pseudo_labels import read_pseudo_labels, select_confident, write_pseudo_labels
+
+REPO = Path(__file__).parents[1]
+from hydra_plugins.pipnet_lit_ssl.ssl_chain_sweeper import chain_name  # noqa: E402
+
+
+def test_select_confident_threshold_and_top_fraction():
+    scores = np.array([0.2, 0.9, 0.5, 0.9, 0.1])
+    assert select_confident(scores).all()
+    np.testing.assert_array_equal(select_confident(scores, threshold=0.5), [0, 1, 1, 1, 0])
+    # top 40% of 5 = 2 faces: the two 0.9s (ties kept in order)
+    np.testing.assert_array_equal(select_confident(scores, top_fraction=0.4), [0, 1, 0, 1, 0])
+    np.testing.assert_array_equal(select_confident(scores, threshold=0.95, top_fraction=1.0), [0] * 5)
+    with pytest.raises(ValueError, match="top_fraction"):
+        select_confident(scores, top_fraction=0.0)
+
+
+def test_pseudo_labels_round_trip_float32_and_filtering(tmp_path):
+    names = ["a", "b", "c"]
+    landmarks = np.random.default_rng(0).normal(0.5, 0.3, (3, 4, 2)).astype(np.float32)
+    landmarks[0, 0] = [-0.25, 1.5]  # not clamped
+    scores = np.array([0.7, 0.1, 0.4], dtype=np.float32)
+    keep = np.array([True, False, True])
+    write_pseudo_labels(tmp_path / "pl", names, landmarks, scores, {"round": 2, "task": "cls2"}, keep)
+    labels = read_pseudo_labels(tmp_path / "pl")
+    assert labels.names == ["a", "c"]
+    np.testing.assert_array_equal(labels.landmarks, landmarks[[0, 2]].astype(np.float64))  # float32 exactly
+    np.testing.assert_allclose(labels.scores, [0.7, 0.4], rtol=1e-7)
+    assert labels.manifest["count"] == 2 and labels.manifest["count_pool"] == 3
+    assert labels.manifest["round"] == 2 and labels.manifest["task"] == "cls2"
+    (tmp_path / "pl" / "manifest.json").unlink()
+    with pytest.raises(FileNotFoundError, match="no finished pseudo-labels"):
+        read_pseudo_labels(tmp_path / "pl")
+
+
+def test_schedule_and_chain_names():
+    assert check_schedule(["cls3", "cls2", "std"]) == ["cls3", "cls2", "std"]
+    with pytest.raises(ValueError, match="one of"):
+        check_schedule(["cls4"])
+    assert chain_name("run", ["model.num_nb=5", "seed=1"], swept=[]) == "run"
+    combo = ["model.num_nb=5", "data.root=/d", "model.lr=0.001"]
+    assert chain_name("run", combo, swept=["model.num_nb", "model.lr"]) == "run/model.num_nb=5,model.lr=0.001"
+
+
+def test_rounds_report_table(tmp_path):
+    chain = tmp_path / "chain"
+    for k, (full, wild) in enumerate([(0.05, 0.10), (0.048, 0.08)]):
+        (chain / f"round_{k}").mkdir(parents=True)
+        results = {"d_full": {"nme_io": full, "fr@0.10": 0.0, "auc@0.10": 0.5}, "d_wild": {"nme_io": wild}}
+        task = "std" if k == 0 else "cls3"
+        (chain / f"round_{k}" / "done.json").write_text(json.dumps({"task": task, "results": results}))
+    json_path, md_path = write_rounds_report(chain, 5)
+    rows = json.loads(json_path.read_text())["rounds"]
+    assert [(r["round"], r["task"]) for r in rows] == [(0, "std"), (1, "cls3")]
+    lines = md_path.read_text().splitlines()
+    assert lines[2].startswith(
+        "| round | task | d_full nme_io | d_full fr@0.10 | d_full auc@0.10 | d_wild nme_io"
+    )
+    assert lines[4].startswith("| 0 | std | 5.00 | 0.00 | 0.5000 | 10.00")
+    assert lines[5].startswith("| 1 | cls3 | 4.80 | 0.00 | 0.5000 | 8.00")
+
+
+def tiny_chain_command(root: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "pipnet_lit.train", "+experiment=synthetic_ssl", f"paths.root_dir={root}",
+        "data.synthetic.n_train=8", "data.synthetic.n_common=3", "data.synthetic.n_challenge=1",
+        "data.synthetic.n_wild=6", "data.synthetic.n_wild_test=3", "data.synthetic.image_size=80",
+        "data.input_size=64", "data.batch_size=4", "data.eval_batch_size=8", "data.num_workers=0",
+        "callbacks.rich_progress_bar=null", "callbacks.model_summary=null", "trainer.log_every_n_steps=1",
+        *extra,
+    ]  # fmt: skip
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "WANDB_MODE": "offline", "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.mark.slow
+def test_chain_killed_inside_round_2_resumes_there(tmp_path):
+    """Round 0, round 1 (cls3) and a killed round 2 (std); the same command finishes round 2 only."""
+    cmd = tiny_chain_command(tmp_path, "ssl.schedule=[cls3,std]", "trainer.max_epochs=2")
+    chain = tmp_path / "outputs" / "train" / "synthetic_ssl"
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    last2 = chain / "round_2" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 600
+    while not last2.is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # inside round 2: its first epoch is saved, the round is not done
+    _, err = proc.communicate()
+    assert last2.is_file(), err[-3000:]
+    assert not (chain / "round_2" / "done.json").exists()
+    for k in (0, 1):
+        assert (chain / f"round_{k}" / "done.json").is_file()
+    before = {k: (chain / f"round_{k}" / "done.json").stat().st_mtime_ns for k in (0, 1)}
+    ckpt_before = {k: (chain / f"round_{k}" / "checkpoints" / "last.ckpt").stat().st_mtime_ns for k in (0, 1)}
+    labels_before = json.loads((chain / "round_2" / "pseudo_labels" / "manifest.json").read_text())
+
+    # pseudo-labels of round 1: the whole pool, task cls3, from round 0's final checkpoint
+    manifest1 = json.loads((chain / "round_1" / "pseudo_labels" / "manifest.json").read_text())
+    assert manifest1["task"] == "cls3" and manifest1["count"] == manifest1["count_pool"] == 6
+    assert manifest1["checkpoint"].endswith("round_0/checkpoints/last.ckpt")
+    from pipnet_lit.ssl.pseudo_labels import file_sha256
+
+    assert manifest1["checkpoint_sha256"] == file_sha256(chain / "round_0" / "checkpoints" / "last.ckpt")
+    assert read_pseudo_labels(chain / "round_1" / "pseudo_labels").landmarks.shape == (6, 68, 2)
+    assert labels_before["task"] == "std" and labels_before["checkpoint"].endswith(
+        "round_1/checkpoints/last.ckpt"
+    )
+
+    result = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # the sweeper skips the finished stages without launching them
+    assert "stage 0: every chain's round 0 is done, skipped" in result.stdout
+    assert "stage 1: every chain's round 1 is done, skipped" in result.stdout
+    for k in (0, 1):  # finished rounds untouched
+        assert (chain / f"round_{k}" / "done.json").stat().st_mtime_ns == before[k]
+        assert (chain / f"round_{k}" / "checkpoints" / "last.ckpt").stat().st_mtime_ns == ckpt_before[k]
+    # the running round resumed from its last.ckpt with the same pseudo-labels
+    labels_after = json.loads((chain / "round_2" / "pseudo_labels" / "manifest.json").read_text())
+    assert labels_after["written"] == labels_before["written"]
+    done2 = json.loads((chain / "round_2" / "done.json").read_text())
+    assert done2["task"] == "std" and set(done2["results"]) == {"synthetic_ssl_full", "synthetic_ssl_wild"}
+    import csv
+
+    rows = list(csv.DictReader((chain / "round_2" / "csv" / "metrics.csv").open()))
+    epochs = sorted({int(r["epoch"]) for r in rows if r.get("val/synthetic_ssl_wild/nme_io")})
+    assert epochs == [0, 1]  # one validation per epoch across the kill: nothing redone
+    rounds = json.loads((chain / "rounds.json").read_text())["rounds"]
+    assert [(r["round"], r["task"]) for r in rounds] == [(0, "std"), (1, "cls3"), (2, "std")]
+    assert (chain / "rounds.md").is_file() and (chain / "round_2" / "manifest.json").is_file()
+
+
+@pytest.mark.slow
+def test_two_chain_sweep_runs_stage_by_stage(tmp_path):
+    cmd = tiny_chain_command(tmp_path, "ssl.schedule=[cls2]", "trainer.max_epochs=1", "model.num_nb=3,4")
+    result = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    base = tmp_path / "outputs" / "train" / "synthetic_ssl"
+    chains = [base / "model.num_nb=3", base / "model.num_nb=4"]
+    done = {
+        (c.name, k): json.loads((c / f"round_{k}" / "done.json").read_text()) for c in chains for k in (0, 1)
+    }
+    # stage 1 starts only after stage 0 of both chains finished
+    assert max(done[(c.name, 0)]["finished_at"] for c in chains) <= min(
+        done[(c.name, 1)]["started_at"] for c in chains
+    )
+    for c, nb in zip(chains, (3, 4), strict=True):
+        hparams = (c / "round_1" / "csv" / "hparams.yaml").read_text()
+        assert f"num_nb: {nb}" in hparams
+        assert done[(c.name, 1)]["task"] == "cls2"
+        assert json.loads((c / "round_1" / "pseudo_labels" / "manifest.json").read_text())["task"] == "cls2"
