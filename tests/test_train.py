@@ -98,19 +98,35 @@ EXPECTED_SUBSETS = {
     "cofw": {"cofw_full"},
     "aflw": {"aflw_full"},
     "synthetic": {"synthetic_full", "synthetic_common", "synthetic_challenge"},
+    "300w_celeba": {"300w_celeba_300w_full", "300w_celeba_cofw68", "300w_celeba_wflw68"},
+    "300w_cofw_wflw": {"300w_cofw_wflw_300w_full", "300w_cofw_wflw_cofw68", "300w_cofw_wflw_wflw68"},
+    "synthetic_ssl": {"synthetic_ssl_full", "synthetic_ssl_wild"},
 }
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_fast_dev_run_of_every_experiment(experiment, synthetic_root, raw_root, tmp_path):
-    """Every config composes and runs one batch of train / val / test on raw files in the real formats."""
+    """Every config composes and runs one batch of train / val / test on raw files in the real formats.
+
+    A self-training experiment runs here as its supervised round (ssl.round unset); tests/test_ssl.py runs
+    whole chains. Crops are cached once per session for all experiments.
+    """
     root = synthetic_root if experiment == "synthetic" else raw_root / "300W"
     cfg = compose_train([f"+experiment={experiment}"], tmp_path)
-    size = max(64, 2 * cfg.model.net_stride)  # at least a 2x2 grid (stride 128 needs 256 px)
+    stride = cfg.model.net_stride
+    size = max(
+        64, 2 * stride, 2**cfg.model.coarse_levels * stride
+    )  # a grid >= 2x2 that the coarse maps divide
     overrides = [
-        f"+experiment={experiment}", "+debug=fast", *tiny_overrides(root, tmp_path), f"data.input_size={size}"
+        f"+experiment={experiment}", "+debug=fast", *tiny_overrides(root, tmp_path),
+        f"data.input_size={size}", f"data.cache_dir={raw_root / 'cache'}",
     ]  # fmt: skip
+    if experiment == "synthetic_ssl":  # its own generated folder (with the labeled wild test split)
+        overrides += [
+            f"data.root={raw_root}", "data.synthetic={n_train: 4, n_common: 2, n_challenge: 1, n_wild: 3, "
+            "n_wild_test: 2, image_size: 80, seed: 0}",
+        ]  # fmt: skip
     if experiment.startswith("aflw"):  # the tiny AFLW file has 6 faces, not 24386: split them 4 / 2
         overrides.append("data.split_overrides={train: {split_point: 4}, test: {split_point: 4}}")
     cfg = compose_train(overrides, tmp_path)

@@ -8,8 +8,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-#: The repository's `conf/` directory (Hydra config groups).
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
+#: The Hydra config groups, shipped inside the package (so a non-editable install and a job started in any
+#: folder, e.g. a SLURM job, find them).
+CONFIG_DIR = Path(__file__).resolve().parent / "conf"
 
 
 def _num_landmarks(meta: str) -> int:
@@ -28,8 +29,8 @@ def register_resolvers() -> None:
 def check_config_dir() -> str:
     if not (CONFIG_DIR / "train.yaml").is_file():
         raise FileNotFoundError(
-            f"Hydra configs not found at {CONFIG_DIR}; run from a checkout of pipnet-lit installed with "
-            "`pip install -e .` (the configs live in the repository's conf/ folder)"
+            f"Hydra configs not found at {CONFIG_DIR}: the installed pipnet_lit package is incomplete "
+            "(reinstall it; the configs ship as package data under pipnet_lit/conf/)"
         )
     return str(CONFIG_DIR)
 
