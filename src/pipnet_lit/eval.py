@@ -2,6 +2,8 @@
 
 Prints NME / FR / AUC per test subset of the chosen dataset and writes them to `test_metrics.json` in the
 run folder. The checkpoint carries the network settings and the mean face, so no training data is needed.
+The network runs once per image: the metrics, ``predictions_csv`` and the callbacks (per-image CSV, CED
+plots, when the config has a ``callbacks`` group) all read the test pass (`PIPNetModule.eval_results`).
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ from typing import Any
 
 import hydra
 import lightning as L
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from pipnet_lit.config import check_config_dir, instantiate_group
-from pipnet_lit.lit_module import PIPNetModule
+from pipnet_lit.lit_module import EvalResults, PIPNetModule
 from pipnet_lit.reporting import report
+from pipnet_lit.train import close_loggers, log_run_dir
 
 
 def load_module(ckpt_path: str | Path) -> PIPNetModule:
@@ -27,28 +30,30 @@ def load_module(ckpt_path: str | Path) -> PIPNetModule:
     return PIPNetModule.load_from_checkpoint(path, map_location="cpu", pretrained=False)
 
 
-def write_predictions(predictions: list, datamodule: Any, path: str | Path) -> Path:
+def write_predictions(results: dict[str, EvalResults], datamodule: Any, path: str | Path) -> Path:
     """One CSV row per (subset, image): subset key, crop name, then x0 y0 x1 y1 ... in source-image pixels.
 
-    ``predictions`` is ``trainer.predict``'s output over the datamodule's evaluation pools (one loader per
-    split; an image in several subsets, e.g. 300W ``common`` and ``full``, gets a row for each).
+    ``results`` is the test pass (`PIPNetModule.eval_results["test"]`: subset key -> `EvalResults`). Rows go
+    pool by pool (one per split), image by image in the pool's order, and an image in several subsets (300W
+    ``common`` and ``full``) gets a row for each, in the pool's subset order.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    pools = datamodule.eval_pools
-    per_loader = predictions if len(pools) > 1 else [predictions]
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         num = datamodule.num_landmarks
         writer.writerow(["subset", "image"] + [f"{a}{i}" for i in range(num) for a in ("x", "y")])
-        for pool, batches in zip(pools, per_loader, strict=True):
-            names = pool.dataset.names
-            for batch in batches:
-                for idx, pts in zip(batch["index"].tolist(), batch["landmarks"], strict=True):
-                    coords = [f"{v:.3f}" for v in pts.flatten().tolist()]
-                    for subset, mask in pool.subsets.items():
-                        if mask[idx]:
-                            writer.writerow([subset, names[idx], *coords])
+        for pool in datamodule.eval_pools:
+            subsets = [s for s in pool.subsets if s in results]
+            rows = {s: {int(idx): r for r, idx in enumerate(results[s].indices)} for s in subsets}
+            for idx in sorted(set().union(*(rows[s] for s in subsets))):
+                for subset in subsets:
+                    row = rows[subset].get(idx)
+                    if row is None:
+                        continue
+                    res = results[subset]
+                    coords = [f"{v:.3f}" for v in res.landmarks[row].flatten().tolist()]
+                    writer.writerow([subset, res.names[row], *coords])
     return path
 
 
@@ -62,18 +67,24 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, dict[str, float]], dict[str, An
     datamodule = instantiate(
         cfg.data, input_size=model.hparams.input_size, load_train=False, load_unlabeled=False
     )
-    trainer: L.Trainer = instantiate(
-        cfg.trainer, logger=instantiate_group(cfg.get("logger")) or False, callbacks=_progress_bar()
-    )
-    trainer.test(model, datamodule=datamodule, verbose=False)
-    results = model.test_results
-    if trainer.is_global_zero:
-        report(results, cfg.paths.output_dir, title=f"{Path(cfg.ckpt_path).name} on {datamodule.meta.name}")
-    if cfg.get("predictions_csv"):
-        if trainer.world_size > 1:
-            raise ValueError("predictions_csv is written by one process: run eval with trainer.devices=1")
-        predictions = trainer.predict(model, datamodule=datamodule)
-        write_predictions(predictions, datamodule, cfg.predictions_csv)
+    callbacks = instantiate_group(cfg.get("callbacks")) if cfg.get("callbacks") else _progress_bar()
+    loggers = instantiate_group(cfg.get("logger"))
+    try:  # jobs clean up: the W&B run closes however the job ends
+        trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+        for logger in loggers:
+            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        log_run_dir(loggers, cfg.paths.output_dir)
+        trainer.test(model, datamodule=datamodule, verbose=False)
+        results = model.test_results
+        if trainer.is_global_zero:
+            title = f"{Path(cfg.ckpt_path).name} on {datamodule.meta.name}"
+            report(results, cfg.paths.output_dir, title=title)
+            if cfg.get("predictions_csv"):  # from the test pass, gathered over every rank
+                write_predictions(model.eval_results["test"], datamodule, cfg.predictions_csv)
+    except BaseException:
+        close_loggers(failed=True)
+        raise
+    close_loggers(failed=False)
     return results, {"model": model, "datamodule": datamodule, "trainer": trainer}
 
 

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +41,43 @@ def fit_and_test(cfg: DictConfig, datamodule: L.LightningDataModule) -> tuple[di
     model = instantiate(cfg.model)
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
+    # Jobs clean up: the W&B run closes however the job ends (failed on an exception), so the next job of
+    # a multirun in this process logs to a run of its own.
+    try:
+        result = _fit_and_test(cfg, datamodule, model, callbacks, loggers)
+    except BaseException:
+        close_loggers(failed=True)
+        raise
+    close_loggers(failed=False)
+    return result
+
+
+def close_loggers(failed: bool = False) -> None:
+    """Finish this process's W&B run, if one is open: exit code 1 marks a crashed job failed."""
+    wandb = sys.modules.get("wandb")  # never imported: no W&B run to close
+    if wandb is not None and wandb.run is not None:
+        wandb.finish(exit_code=1 if failed else 0)
+
+
+def log_run_dir(loggers: list[Any], run_dir: str | Path) -> None:
+    """Add the run folder to the W&B run config (``run_dir``), next to the resolved Hydra config."""
+    from lightning.pytorch.loggers import WandbLogger
+    from lightning.pytorch.utilities import rank_zero_only
+
+    for logger in loggers:
+        if isinstance(logger, WandbLogger) and rank_zero_only.rank == 0:
+            logger.experiment.config.update({"run_dir": str(Path(run_dir).resolve())}, allow_val_change=True)
+
+
+def _fit_and_test(
+    cfg: DictConfig, datamodule: L.LightningDataModule, model: Any, callbacks: list[Any], loggers: list[Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    from hydra.utils import instantiate
+
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    log_run_dir(loggers, cfg.paths.output_dir)
 
     if cfg.get("train", True):
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
