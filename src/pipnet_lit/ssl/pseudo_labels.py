@@ -145,12 +145,11 @@ def read_pseudo_labels(folder: str | Path) -> PseudoLabels:
 
 
 def merged_with_scores(module: Any) -> Any:
-    """``images -> (merged landmarks, max_score)`` for a PIPNetModule (eval mode, its own neighbours)."""
-    from pipnet_lit.pip import decode_details
+    """``images -> (landmarks, max_score)`` for a PIPNetModule: its inference path (merged decode unless the
+    model says otherwise), the same one evaluation uses."""
 
     def predict(images: Tensor) -> tuple[Tensor, Tensor]:
-        out = module.net(images)
-        details = decode_details(out, module.neighbors)
-        return (details.merged if module.hparams.merge else details.own), details.max_score
+        out = module.predictor.landmarks(images)
+        return out.landmarks, out.scores
 
     return predict
