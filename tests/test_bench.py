@@ -30,3 +30,27 @@ def test_bench_writes_ratios_and_machine_info(tmp_path):
     assert inference["speedup"] == pytest.approx(inference["baseline_ms"] / inference["ours_ms"])
     assert training["batch"] == 2 and training["ours_img_s"] > 0
     assert "speed-up" in result.stdout and "CPU:" in result.stdout
+
+
+def test_bench_pipeline_quick_writes_figures(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "experiments/bench"))
+    import bench_pipeline
+
+    out = tmp_path / "pipeline.json"
+    report = bench_pipeline.main(["--quick", "--size", "64", "--source-size", "96", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    assert report["machine"]["cpu"] and report["config"]["faces"] == 8
+    prepare, pipeline = report["prepare"], report["pipeline"]
+    for key in ("img_s_1_thread", "img_s_all_cores", "cache_hit_ms"):
+        assert prepare[key] > 0, key
+    for key in (
+        "train_img_s",
+        "train_img_s_wall_clock",
+        "getitem_img_s",
+        "eval_img_s",
+        "collate_ms_per_image",
+    ):
+        assert pipeline[key] > 0, key
+    assert pipeline["grid"] == [2, 2] and isinstance(pipeline["pass"], bool)
+    assert all(pipeline["breakdown_ms"][k] > 0 for k in ("decode", "augmentation", "targets"))
+    assert {"Rotate", "compose_bookkeeping", "wrapper"} <= set(pipeline["augmentation_steps_ms"])

@@ -15,6 +15,8 @@ Custom albumentations steps, where no built-in transform matches the official st
 (official rectangle-size/place/colour distribution), `PermutedHorizontalFlip` (permutes the keypoint rows
 exactly when the flip is applied; 2.0.8's KeypointParams has no `label_mapping`) and `PilGaussianBlur`
 (GaussianBlur that treats sigma == 0 as PIL's no-op instead of dividing by zero).
+For speed only, `NormalizeToTensor` does A.Normalize + ToTensorV2 in one step (the same values, written
+channel-first).
 
 Randomness. albumentations 2.0.8 ignores the global `random`/`numpy.random` state: every transform draws
 from its own `py_random` (`random.Random`, used for all p-checks and, here, every parameter) and
@@ -41,8 +43,7 @@ from albumentations.core.type_definitions import Targets
 from albumentations.pytorch import ToTensorV2
 from torch.utils import data as torch_data
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from pipnet_lit.models.backbones import IMAGENET_MEAN, IMAGENET_STD  # one source for the constants
 
 
 def validate_flip_permutation(flip_permutation: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -192,6 +193,43 @@ class PilGaussianBlur(A.GaussianBlur):
         return {"kernel": A.augmentations.blur.functional.create_gaussian_kernel_1d(sigma, 0)}
 
 
+class NormalizeToTensor(A.ImageOnlyTransform):
+    """`A.Normalize` then `ToTensorV2` in one step: (H, W, C) uint8 -> contiguous (C, H, W) float32 tensor.
+
+    The values are A.Normalize's own: its per-channel lookup tables, read once from a 0..255 ramp, are applied
+    to each channel plane and written channel-first, so no interleaved float image is built and then
+    transposed (ToTensorV2's tensor is a non-contiguous view, which also made collating slower). Non-uint8
+    input falls back to the two steps.
+    """
+
+    def __init__(
+        self,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        max_pixel_value: float = 255.0,
+        p: float = 1.0,
+    ):
+        super().__init__(p=p)
+        self.mean, self.std, self.max_pixel_value = tuple(mean), tuple(std), float(max_pixel_value)
+        self._normalize = A.Normalize(mean=self.mean, std=self.std, max_pixel_value=self.max_pixel_value)
+        ramp = np.repeat(np.arange(256, dtype=np.uint8)[:, None, None], len(self.mean), axis=2)
+        table = self._normalize(image=ramp)["image"]  # (256, 1, C): entry v of channel c is v's output
+        self._tables = [np.ascontiguousarray(table[:, 0, c]) for c in range(table.shape[2])]
+
+    def apply(self, img: np.ndarray, **params: Any) -> torch.Tensor:
+        if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != len(self._tables):
+            return ToTensorV2().apply(self._normalize.apply(img))
+        out = np.empty((img.shape[2], *img.shape[:2]), dtype=self._tables[0].dtype)
+        for c, plane in enumerate(cv2.split(img)):
+            result = cv2.LUT(plane, self._tables[c], dst=out[c])
+            if not np.shares_memory(result, out):  # OpenCV allocated instead of writing in place
+                out[c] = result
+        return torch.from_numpy(out)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("mean", "std", "max_pixel_value")
+
+
 def _worker_key() -> tuple[int, int] | None:
     info = torch_data.get_worker_info()
     return None if info is None else (int(info.id), int(info.seed))
@@ -321,8 +359,7 @@ def _check_nonneg(name: str, value: float) -> float:
 def _final_steps(gray_p: float) -> list[A.BasicTransform]:
     return [
         A.ToGray(num_output_channels=3, method="weighted_average", p=gray_p),
-        A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD, max_pixel_value=255.0),
-        ToTensorV2(),
+        NormalizeToTensor(IMAGENET_MEAN, IMAGENET_STD, max_pixel_value=255.0),
     ]
 
 
@@ -380,7 +417,5 @@ def build_eval_transform(input_size: int) -> LandmarkTransform:
     Landmarks are returned unchanged (as float32): normalized coordinates do not move under a resize.
     """
     size = _check_size(input_size)
-    compose = A.Compose(
-        [A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD, max_pixel_value=255.0), ToTensorV2()]
-    )
+    compose = A.Compose([NormalizeToTensor(IMAGENET_MEAN, IMAGENET_STD, max_pixel_value=255.0)])
     return LandmarkTransform(compose, size, moves_landmarks=False, resize_input=True)
