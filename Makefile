@@ -12,7 +12,9 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch/torchvision pinned exactly: they come from local disk (a range would pull a multi-GB build)
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,sweep]"
+	# MTCNN weights ship inside facenet-pytorch; its declared pins would replace torch, hence --no-deps
+	$(PY) -m pip install -q --no-deps facenet-pytorch==2.6.0
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -37,6 +39,7 @@ format: install
 bench: install
 	$(PY) experiments/bench/bench_cpu.py
 	$(PY) experiments/bench/bench_cpu.py --size 128 --stride 16 --out experiments/bench/results/cpu_128_s16.json
+	$(PY) experiments/bench/bench_pipeline.py
 
 clean:
 	rm -rf outputs multirun .pytest_cache
