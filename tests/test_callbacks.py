@@ -460,3 +460,22 @@ def test_ddp_per_image_results_equal_single_process(synth, tmp_path):
         assert tables[2][subset].names == tables[1][subset].names  # every image once, in dataset order
         for key in ("nme_io", "nme_ip"):
             np.testing.assert_allclose(tables[2][subset].nmes[key], tables[1][subset].nmes[key], rtol=1e-6)
+
+
+def test_a_single_image_loader_gives_one_row():
+    """A loader of one image (e.g. a 1-image val split) gathers 0-d states: still one row, not an error."""
+    import torch
+
+    from pipnet_lit.lit_module import _loader_results
+
+    state = {
+        "index": torch.tensor(3),
+        "crop": torch.arange(4, dtype=torch.float64),
+        "pixels": torch.arange(4, dtype=torch.float64) * 10,
+        "score": torch.tensor([0.5, 0.25]),
+        "nme0": torch.tensor(0.125),
+    }
+    out = _loader_results(state, num_landmarks=2, keys=["nme_io"], names=["a", "b", "c", "d"])
+    assert out.names == ["d"] and out.indices.tolist() == [3]
+    assert out.landmarks_crop.shape == (1, 2, 2) and out.landmarks[0, 1].tolist() == [20.0, 30.0]
+    assert out.nmes["nme_io"].tolist() == [0.125]

@@ -114,7 +114,7 @@ def _loader_results(
     state: dict[str, Tensor], num_landmarks: int, keys: list[str], names: Sequence[str] | None
 ) -> EvalResults:
     """An `EvalResults` from a collector's gathered state, sorted by image index."""
-    index = state["index"].cpu().numpy().astype(np.int64)
+    index = state["index"].cpu().numpy().astype(np.int64).reshape(-1)  # (N,), also for a single image
     order = np.argsort(index, kind="stable")
     index = index[order]
     if len(np.unique(index)) != len(index):
@@ -129,7 +129,7 @@ def _loader_results(
         landmarks_crop=state["crop"].cpu().numpy().reshape(*shape, 2)[order],
         landmarks=state["pixels"].cpu().numpy().reshape(*shape, 2)[order],
         max_score=state["score"].cpu().numpy().reshape(shape)[order],
-        nmes={key: state[f"nme{k}"].cpu().numpy()[order] for k, key in enumerate(keys)},
+        nmes={key: state[f"nme{k}"].cpu().numpy().reshape(-1)[order] for k, key in enumerate(keys)},
     )
 
 
