@@ -40,6 +40,7 @@ bench: install
 	$(PY) experiments/bench/bench_cpu.py
 	$(PY) experiments/bench/bench_cpu.py --size 128 --stride 16 --out experiments/bench/results/cpu_128_s16.json
 	$(PY) experiments/bench/bench_pipeline.py
+	$(PY) experiments/bench/bench_inference.py
 
 clean:
 	rm -rf outputs multirun .pytest_cache
