@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import json
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,7 @@ BACKEND_BY_SUFFIX[".xml"] = "openvino"
 OPENVINO_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 
 
-class Runtime:
+class Runtime(ABC):
     """A loaded model: `run(crops)` -> (landmarks (B, L, 2), scores (B, L)); `__call__` -> landmarks.
 
     Attributes: backend, precision, device, metadata (the exported JSON: input_size, num_landmarks, ...).
@@ -81,8 +82,9 @@ class Runtime:
         self._check(crops)
         return self._run(crops)
 
+    @abstractmethod
     def _run(self, crops: Tensor | np.ndarray) -> tuple[Tensor, Tensor]:
-        raise NotImplementedError
+        """The backend's forward: each runtime class implements it."""
 
     def __call__(self, crops: Tensor | np.ndarray) -> Tensor:
         return self.run(crops)[0]
