@@ -20,3 +20,19 @@ _DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "N
 def _fresh_ddp_environment(monkeypatch):
     for name in _DDP_ENV:
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _rank_zero_again():
+    """Every test starts as rank 0. Building a DDP trainer (e.g. as rank 3 of a SLURM job) sets Lightning's
+    process-wide ``rank_zero_only.rank``; left behind, every later run in this process would skip its
+    rank-0-only work (the CSV logger's ``metrics.csv``, checkpoints' symlinks, printed tables)."""
+    from lightning.fabric.utilities import rank_zero as fabric_rank_zero
+    from lightning.pytorch.utilities import rank_zero as pytorch_rank_zero
+    from lightning_utilities.core import rank_zero as utils_rank_zero
+
+    modules = (fabric_rank_zero, pytorch_rank_zero, utils_rank_zero)
+    holders = {id(m.rank_zero_only): m.rank_zero_only for m in modules}
+    yield
+    for holder in holders.values():
+        holder.rank = 0
