@@ -30,7 +30,6 @@ from hydra_plugins.pipnet_lit_optuna.optuna_sweeper import (
     suggest,
 )
 
-REPO = Path(__file__).parents[1]
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
@@ -338,10 +337,11 @@ def test_hparams_search_config_composes_and_searches_existing_keys():
 
 
 # --------------------------------------------------------------------------------------- end to end
-def _command(root: Path, *extra: str) -> list[str]:
+def _command(*extra: str) -> list[str]:
+    """Run from the working folder as a user does (no paths.root_dir: data/ and outputs/ land there)."""
     return [
         sys.executable, "-m", "pipnet_lit.train", "+experiment=synthetic", "hparams_search=pipnet_optuna",
-        f"paths.root_dir={root}", "run_name=tiny", "data.synthetic.n_train=20", "data.synthetic.n_common=2",
+        "run_name=tiny", "data.synthetic.n_train=20", "data.synthetic.n_common=2",
         "data.synthetic.n_challenge=1", "data.synthetic.n_wild=1", "data.synthetic.image_size=80",
         "data.input_size=64", "data.batch_size=2", "data.eval_batch_size=4", "data.num_workers=0",
         "trainer.max_epochs=1", "+trainer.limit_train_batches=2", "trainer.log_every_n_steps=1",
@@ -362,7 +362,7 @@ def _last_logged(path: Path, key: str) -> float:
 def test_sweep_on_tiny_data_resumes_and_optimizes_the_validation_split(tmp_path):
     base = tmp_path / "outputs" / "train" / "optuna"
     first = subprocess.run(
-        _command(tmp_path, "hydra.sweeper.n_trials=2"), cwd=REPO, env=_env(), capture_output=True, text=True
+        _command("hydra.sweeper.n_trials=2"), cwd=tmp_path, env=_env(), capture_output=True, text=True
     )
     assert first.returncode == 0, first.stderr[-3000:]
     assert sorted(p.name for p in (base / "tiny").glob("trial_*")) == ["trial_0", "trial_1"]
@@ -371,7 +371,7 @@ def test_sweep_on_tiny_data_resumes_and_optimizes_the_validation_split(tmp_path)
     }
 
     second = subprocess.run(
-        _command(tmp_path, "hydra.sweeper.n_trials=3"), cwd=REPO, env=_env(), capture_output=True, text=True
+        _command("hydra.sweeper.n_trials=3"), cwd=tmp_path, env=_env(), capture_output=True, text=True
     )
     assert second.returncode == 0, second.stderr[-3000:]
     assert "2 of 3 trial(s) already finished; 1 to run" in second.stdout + second.stderr
@@ -402,7 +402,7 @@ def test_sweep_on_tiny_data_resumes_and_optimizes_the_validation_split(tmp_path)
 @pytest.mark.slow
 def test_cli_refuses_to_tune_on_the_test_subsets(tmp_path):
     result = subprocess.run(
-        _command(tmp_path, "data.val_fraction=0"), cwd=REPO, env=_env(), capture_output=True, text=True
+        _command("data.val_fraction=0"), cwd=tmp_path, env=_env(), capture_output=True, text=True
     )
     assert result.returncode != 0
     assert "Set data.val_fraction (e.g. 0.1)" in result.stderr

@@ -8,16 +8,13 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from hydra_plugins.pipnet_lit_ssl.ssl_chain_sweeper import chain_name  # noqa: E402
 from pipnet_lit.ssl.chain import check_schedule, write_rounds_report
 from pipnet_lit.ssl.pseudo_labels import read_pseudo_labels, select_confident, write_pseudo_labels
-
-REPO = Path(__file__).parents[1]
-from hydra_plugins.pipnet_lit_ssl.ssl_chain_sweeper import chain_name  # noqa: E402
 
 
 def test_select_confident_threshold_and_top_fraction():
@@ -76,14 +73,15 @@ def test_rounds_report_table(tmp_path):
     assert lines[5].startswith("| 1 | cls3 | 4.80 | 0.00 | 0.5000 | 8.00")
 
 
-def tiny_chain_command(root: Path, *extra: str) -> list[str]:
+def tiny_chain_command(*extra: str) -> list[str]:
+    """Run from the working folder as a user does (no paths.root_dir: data/ and outputs/ land there)."""
     return [
-        sys.executable, "-m", "pipnet_lit.train", "+experiment=synthetic_ssl", f"paths.root_dir={root}",
+        sys.executable, "-m", "pipnet_lit.train", "+experiment=synthetic_ssl",
         "data.synthetic.n_train=8", "data.synthetic.n_common=3", "data.synthetic.n_challenge=1",
         "data.synthetic.n_wild=6", "data.synthetic.n_wild_test=3", "data.synthetic.image_size=80",
         "data.input_size=64", "data.batch_size=4", "data.eval_batch_size=8", "data.num_workers=0",
         "callbacks.rich_progress_bar=null", "callbacks.model_summary=null", "trainer.log_every_n_steps=1",
-        *extra,
+        "trainer.check_val_every_n_epoch=1", *extra,
     ]  # fmt: skip
 
 
@@ -94,10 +92,10 @@ def _env() -> dict[str, str]:
 @pytest.mark.slow
 def test_chain_killed_inside_round_2_resumes_there(tmp_path):
     """Round 0, round 1 (cls3) and a killed round 2 (std); the same command finishes round 2 only."""
-    cmd = tiny_chain_command(tmp_path, "ssl.schedule=[cls3,std]", "trainer.max_epochs=2")
+    cmd = tiny_chain_command("ssl.schedule=[cls3,std]", "trainer.max_epochs=2")
     chain = tmp_path / "outputs" / "train" / "synthetic_ssl"
     proc = subprocess.Popen(
-        cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        cmd, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
     last2 = chain / "round_2" / "checkpoints" / "last.ckpt"
     deadline = time.time() + 600
@@ -125,7 +123,7 @@ def test_chain_killed_inside_round_2_resumes_there(tmp_path):
         "round_1/checkpoints/last.ckpt"
     )
 
-    result = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900)
+    result = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     # the sweeper skips the finished stages without launching them
     assert "stage 0: every chain's round 0 is done, skipped" in result.stdout
@@ -150,8 +148,8 @@ def test_chain_killed_inside_round_2_resumes_there(tmp_path):
 
 @pytest.mark.slow
 def test_two_chain_sweep_runs_stage_by_stage(tmp_path):
-    cmd = tiny_chain_command(tmp_path, "ssl.schedule=[cls2]", "trainer.max_epochs=1", "model.num_nb=3,4")
-    result = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900)
+    cmd = tiny_chain_command("ssl.schedule=[cls2]", "trainer.max_epochs=1", "model.num_nb=3,4")
+    result = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     base = tmp_path / "outputs" / "train" / "synthetic_ssl"
     chains = [base / "model.num_nb=3", base / "model.num_nb=4"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,23 @@ def _num_landmarks(meta: str) -> int:
     return load_dataset_meta(str(meta)).landmarks.num_landmarks
 
 
+def _launch_dir() -> str:
+    """The folder the command was started in: Hydra's ``runtime.cwd`` inside a job, else the current folder.
+
+    ``${hydra:runtime.cwd}`` alone cannot resolve where a sweeper reads ``hydra.sweep.dir`` (Hydra sets its
+    config for each job, not for the sweeper), which broke every ``-m`` run left on the default paths.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return str(HydraConfig.get().runtime.cwd)
+    return os.getcwd()
+
+
 def register_resolvers() -> None:
-    """`${pipnet.num_landmarks:<data.meta>}` reads the landmark count from the dataset description."""
-    for name, fn in (("pipnet.num_landmarks", _num_landmarks),):
+    """`${pipnet.num_landmarks:<data.meta>}` reads the landmark count from the dataset description;
+    `${pipnet.cwd:}` is the folder the command was started in."""
+    for name, fn in (("pipnet.num_landmarks", _num_landmarks), ("pipnet.cwd", _launch_dir)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
 
