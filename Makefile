@@ -19,11 +19,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist), one thread each (tests/conftest.py).
+TEST_WORKERS ?= 2
+
 test: install
-	WANDB_DIR=$$(mktemp -d) $(PY) -m pytest
+	WANDB_DIR=$$(mktemp -d) $(PY) -m pytest -n $(TEST_WORKERS)
 
 test-fast: install
-	WANDB_DIR=$$(mktemp -d) $(PY) -m pytest -m "not slow"
+	WANDB_DIR=$$(mktemp -d) $(PY) -m pytest -n $(TEST_WORKERS) -m "not slow"
 
 demo: install
 	$(PY) -m pipnet_lit.train +experiment=synthetic ckpt_path=last

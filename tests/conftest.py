@@ -8,6 +8,11 @@ import tempfile
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_DIR", tempfile.mkdtemp(prefix="wandb-"))
 os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `pytest -n N` (make test): N workers share the cores, so each worker and the commands it starts use
+    # one thread instead of all cores each (oversubscribed BLAS threads spin and slow everything down).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 

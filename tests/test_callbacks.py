@@ -442,7 +442,9 @@ def test_eval_runs_the_network_once_and_writes_the_same_predictions_csv(synth, t
 # -- DDP: the files written on rank 0 hold every rank's images ---------------------------------------------
 @pytest.mark.slow
 def test_ddp_per_image_results_equal_single_process(synth, tmp_path):
-    tables = {}
+    """Two CPU processes (gloo) see each test image exactly once: the per-image rows and the synced
+    metrics (NME, FR, AUC) equal one process's."""
+    tables, metrics = {}, {}
     for devices, strategy in ((1, "auto"), (2, "ddp_spawn")):
         dm = make_datamodule(synth, tmp_path / "cache", eval_batch_size=1)
         module = make_module(seed=7)
@@ -455,7 +457,13 @@ def test_ddp_per_image_results_equal_single_process(synth, tmp_path):
         )
         trainer.test(module, datamodule=dm, verbose=False)
         tables[devices] = read_per_image_results(out / "test_per_image.csv")
+        metrics[devices] = {k: float(v) for k, v in trainer.callback_metrics.items()}
         assert (out / "ced_synthetic_full.png").is_file()
+    assert metrics[1]["test/synthetic_full/nme_io"] > 0
+    for subset in SUBSETS:
+        for key in ("nme_io", "fr@0.10", "auc@0.10"):
+            name = f"test/{subset}/{key}"
+            assert metrics[2][name] == pytest.approx(metrics[1][name], abs=1e-7), name
     for subset in SUBSETS:
         assert tables[2][subset].names == tables[1][subset].names  # every image once, in dataset order
         for key in ("nme_io", "nme_ip"):

@@ -260,26 +260,28 @@ def test_joblib_multirun(tmp_path):
 def test_ddp_sim_trains_and_tests_like_one_process(tmp_path):
     """trainer=ddp_sim: a fast_dev_run fit in 2 CPU processes, then the test of a checkpoint equals 1 process.
 
-    Both runs are `python -m pipnet_lit.train` subprocesses (spawned DDP workers inside the pytest process
-    could hang after earlier tests left process-wide state). The 2-process run tests the 1-process run's
-    last.ckpt: every image is scored once and the per-image NMEs gathered, so its per-image results (written
-    by rank 0) give the 1-process NMEs exactly.
+    The 1-process run trains in this process; the 2-process run is a `python -m pipnet_lit.train`
+    subprocess (spawned DDP workers inside the pytest process could hang after earlier tests left
+    process-wide state). It tests the 1-process run's last.ckpt: every image is scored once and the
+    per-image NMEs gathered, so its per-image results (written by rank 0) give the 1-process NMEs exactly.
     """
     from pipnet_lit.reporting import read_per_image_results
+    from pipnet_lit.train import train
 
-    _prepare(tmp_path)
-
-    def run(*overrides: str) -> None:
-        cmd = [sys.executable, "-m", "pipnet_lit.train", *TINY, f"paths.root_dir={tmp_path}", *overrides]
-        env = {**os.environ, "WANDB_MODE": "offline", "NO_ALBUMENTATIONS_UPDATE": "1"}
-        result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, result.stderr[-3000:]
-
-    run("trainer=cpu", "trainer.max_epochs=1", "run_name=one")
-    one = tmp_path / "outputs" / "train" / "one"
+    cfg = compose_cfg([*TINY, "trainer=cpu", "trainer.max_epochs=1", "run_name=one"], tmp_path)
+    with open_dict(cfg):
+        del cfg["hydra"]  # as in a real job
+    train(cfg)
+    one = tmp_path / "outputs" / "one"
     ckpt = one / "checkpoints" / "last.ckpt"
     assert ckpt.is_file()
-    run("trainer=ddp_sim", "+debug=fast", f"test_ckpt={ckpt}", "run_name=two")
+    cmd = [
+        sys.executable, "-m", "pipnet_lit.train", *TINY, f"paths.root_dir={tmp_path}", "trainer=ddp_sim",
+        "+debug=fast", f"test_ckpt={ckpt}", "run_name=two",
+    ]  # fmt: skip
+    env = {**os.environ, "WANDB_MODE": "offline", "NO_ALBUMENTATIONS_UPDATE": "1"}
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
     single = json.loads((one / "test_metrics.json").read_text())
     double = read_per_image_results(tmp_path / "outputs" / "train" / "two" / "test_per_image.csv")
     assert set(double) == SUBSETS and single["synthetic_full"]["nme_io"] > 0

@@ -208,37 +208,6 @@ def test_fit_resume_and_evaluate(synthetic_root, tmp_path):
         assert evaluated[subset]["nme_io"] == pytest.approx(results[subset]["nme_io"], abs=1e-6)
 
 
-@pytest.mark.slow
-def test_ddp_test_metrics_equal_single_process(synthetic_root, tmp_path):
-    """Two CPU processes (gloo) see each test image exactly once: the metrics equal one process's."""
-    import lightning as L
-
-    from pipnet_lit.datasets.datamodule import LandmarkDataModule
-    from pipnet_lit.lit_module import PIPNetModule
-
-    def make():
-        dm = LandmarkDataModule(
-            meta="synthetic", root=str(synthetic_root.parent), cache_dir=str(tmp_path / "cache"),
-            input_size=64, eval_batch_size=2, num_workers=0, eval_subsets=["full"],
-        )  # fmt: skip
-        torch.manual_seed(0)
-        module = PIPNetModule(net_stride=16, input_size=64, pretrained=False)
-        return dm, module
-
-    results = {}
-    for devices, strategy in ((1, "auto"), (2, "ddp_spawn")):
-        dm, module = make()
-        trainer = L.Trainer(
-            accelerator="cpu", devices=devices, strategy=strategy, logger=False, enable_progress_bar=False,
-            enable_model_summary=False, enable_checkpointing=False,
-        )  # fmt: skip
-        trainer.test(module, datamodule=dm, verbose=False)
-        results[devices] = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    assert results[1]["test/synthetic_full/nme_io"] > 0
-    for key in ("test/synthetic_full/nme_io", "test/synthetic_full/fr@0.10", "test/synthetic_full/auc@0.10"):
-        assert results[2][key] == pytest.approx(results[1][key], abs=1e-7), key
-
-
 def test_fresh_run_refuses_a_folder_that_holds_a_run(synthetic_root, tmp_path):
     cfg = compose_train(["+experiment=synthetic", *tiny_overrides(synthetic_root, tmp_path)], tmp_path)
     checkpoints = Path(cfg.paths.output_dir) / "checkpoints"
