@@ -37,7 +37,7 @@ from pipnet_lit.datasets.datamodule import LandmarkDataModule
 from pipnet_lit.lit_module import EvalResults, PIPNetModule
 from pipnet_lit.metrics.functional import ced_curve, fr_auc, nme
 from pipnet_lit.pip import decode_details
-from pipnet_lit.reporting import read_per_image_results
+from pipnet_lit.reporting import read_per_image_results, results_from_metrics
 from pipnet_lit.synthetic import generate_dataset
 
 REPO = Path(__file__).parents[1]
@@ -487,3 +487,22 @@ def test_a_single_image_loader_gives_one_row():
     assert out.names == ["d"] and out.indices.tolist() == [3]
     assert out.landmarks_crop.shape == (1, 2, 2) and out.landmarks[0, 1].tolist() == [20.0, 30.0]
     assert out.nmes["nme_io"].tolist() == [0.125]
+
+
+def test_results_from_logged_metrics():
+    """What train() reports when the test ran in spawned workers (ddp_spawn): the synced logged values."""
+    import torch
+
+    logged = {
+        "test/300w_full/nme_io": torch.tensor(0.0375),
+        "test/300w_full/fr@0.10": torch.tensor(0.01),
+        "test/cofw_full/nme_ip": 0.05,
+        "test/nme": torch.tensor(0.0375),  # the primary metric: not a subset's
+        "val/300w_full/nme_io": 0.04,
+        "train/loss": 1.5,
+    }
+    assert results_from_metrics(logged) == {
+        "300w_full": {"nme_io": pytest.approx(0.0375), "fr@0.10": pytest.approx(0.01)},
+        "cofw_full": {"nme_ip": 0.05},
+    }
+    assert results_from_metrics(logged, "val") == {"300w_full": {"nme_io": 0.04}}

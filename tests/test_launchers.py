@@ -285,6 +285,12 @@ def test_ddp_sim_trains_and_tests_like_one_process(tmp_path):
     single = json.loads((one / "test_metrics.json").read_text())
     double = read_per_image_results(tmp_path / "outputs" / "train" / "two" / "test_per_image.csv")
     assert set(double) == SUBSETS and single["synthetic_full"]["nme_io"] > 0
+    # the spawned workers' synced metrics reach the launching process, which writes the table
+    two = json.loads((tmp_path / "outputs" / "train" / "two" / "test_metrics.json").read_text())
+    assert set(two) == SUBSETS
+    for subset in SUBSETS:
+        for key in ("nme_io", "nme_ip", "fr@0.10", "auc@0.10"):
+            assert two[subset][key] == pytest.approx(single[subset][key], abs=1e-6), (subset, key)
     for subset in SUBSETS:
         for key in ("nme_io", "nme_ip"):
             assert double[subset].nmes[key].mean() == pytest.approx(single[subset][key], abs=1e-7), (

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from rich.console import Console
@@ -54,6 +55,17 @@ def write_metrics(results: dict[str, dict[str, float]], path: str | Path) -> Pat
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     return path
+
+
+def results_from_metrics(metrics: Mapping[str, Any], stage: str = "test") -> dict[str, dict[str, float]]:
+    """``{subset: {metric: value}}`` from logged ``<stage>/<subset>/<metric>`` values (e.g. a trainer's
+    ``callback_metrics``); keys of other shapes (``test/nme``, ``train/loss``) are left out."""
+    results: dict[str, dict[str, float]] = {}
+    for key, value in metrics.items():
+        parts = key.split("/")
+        if len(parts) == 3 and parts[0] == stage:
+            results.setdefault(parts[1], {})[parts[2]] = float(value)
+    return results
 
 
 def report(results: dict[str, dict[str, float]], output_dir: str | Path, title: str = "Test results") -> Path:
