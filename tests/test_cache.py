@@ -480,3 +480,27 @@ def test_attribute_called_name_and_deleted_text_files(tmp_path: Path) -> None:
     (cache / "annotations.txt").unlink()
     prepare_split([record], cache, 16, progress=False)  # not a cache hit: the file is rewritten
     assert read_split(cache).names == ["real"]
+
+
+def test_jobs_sharing_a_data_folder_prepare_it_one_at_a_time(tmp_path):
+    """A job that finds the cache locked by another (a multirun, SLURM array jobs) waits, then prepares."""
+    import threading
+
+    from pipnet_lit.datasets.cache import exclusive_lock
+    from pipnet_lit.datasets.datamodule import LandmarkDataModule
+
+    dm = LandmarkDataModule(
+        meta="synthetic", root=str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"), input_size=64,
+        num_workers=0, load_unlabeled=False,
+        synthetic=dict(n_train=2, n_common=1, n_challenge=1, n_wild=0, image_size=64, seed=0),
+    )  # fmt: skip
+    done = threading.Event()
+    with exclusive_lock(tmp_path / "cache" / ".prepare.lock"):  # another job is preparing
+        worker = threading.Thread(target=lambda: (dm.prepare_data(), done.set()))
+        worker.start()
+        assert not done.wait(1.5)  # this one waits...
+        assert not (tmp_path / "data" / "synthetic").exists()  # ...before rendering anything
+    worker.join(120)
+    assert done.is_set()
+    for split in ("train", "test"):
+        assert (tmp_path / "cache" / "synthetic" / f"{split}_64px" / "manifest.json").is_file()

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,7 @@ __all__ = [
     "CACHE_VERSION",
     "CachedSplit",
     "atomic_write_text",
+    "exclusive_lock",
     "format_annotation_line",
     "manifest_matches",
     "prepare_split",
@@ -61,6 +64,35 @@ IMAGES_DIRNAME = "images"
 # budget; the price is disk (3 bytes a pixel: 197 KB a 256 px crop, about 1.5x a default PNG of a photo).
 # Pixels are the same either way (PNG is lossless), so caches written with other settings stay valid.
 PNG_WRITE_PARAMS = (cv2.IMWRITE_PNG_COMPRESSION, 0, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE)
+
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def exclusive_lock(path: str | os.PathLike[str], what: str = "") -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` (created if missing) for the ``with`` block.
+
+    Jobs that share a data folder (a multirun, SLURM array jobs, DDP ranks) take turns: the first one
+    renders and crops, the others wait and then find the cache complete. POSIX ``flock``; elsewhere no lock.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; crop the data once before starting parallel jobs
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info(f"waiting for another job to finish preparing {what or path.parent} (lock {path})")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # -- manifests (also used by the synthetic generator and, later, pseudo-labels) ---------------------------

@@ -23,7 +23,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
-from pipnet_lit.datasets.cache import CachedSplit, prepare_split, read_split
+from pipnet_lit.datasets.cache import CachedSplit, exclusive_lock, prepare_split, read_split
 from pipnet_lit.datasets.dataset import CropDataset
 from pipnet_lit.datasets.meta import DatasetMeta, SubsetSpec, load_dataset_meta
 from pipnet_lit.datasets.readers import read_records
@@ -251,7 +251,14 @@ class LandmarkDataModule(L.LightningDataModule):
 
     # -- Lightning hooks ---------------------------------------------------------------------------
     def prepare_data(self) -> None:
-        """Generate the synthetic data if asked, then read and crop every split this run needs (cached)."""
+        """Generate the synthetic data if asked, then read and crop every split this run needs (cached).
+
+        Jobs sharing ``cache_dir`` run this one at a time (a lock file there), so parallel jobs on a fresh
+        data folder do not render or crop the same files at once."""
+        with exclusive_lock(self.cache_dir / ".prepare.lock", what=f"{self.meta.name} in {self.cache_dir}"):
+            self._prepare_data()
+
+    def _prepare_data(self) -> None:
         if self.hparams.synthetic is not None:
             from pipnet_lit.synthetic import generate_dataset
 
