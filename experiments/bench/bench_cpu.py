@@ -49,6 +49,15 @@ def cpu_info() -> dict[str, object]:
     }
 
 
+def write_report(report: dict, out: str | Path) -> Path:
+    """Write a benchmark's report as JSON to ``out`` (folders created) and say where."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+    return out
+
+
 def timed(fn, warmup: int, iters: int) -> list[float]:
     for _ in range(warmup):
         fn()
@@ -164,10 +173,7 @@ def main() -> None:
         f"training batch {tr['batch']}, {args.size}px: baseline {tr['baseline_img_s']:.1f} img/s, "
         f"ours {tr['ours_img_s']:.1f} img/s (ratio x{tr['ratio']:.2f})"
     )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import statistics
 import subprocess
@@ -39,7 +38,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_cpu import cpu_info  # noqa: E402  (the machine-info helper of the CPU benchmark)
+from bench_cpu import cpu_info, write_report  # noqa: E402  (helpers of the CPU benchmark)
 
 from pipnet_lit.export import (  # noqa: E402
     LandmarkGraph,
@@ -417,10 +416,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     report["accuracy"] = None if args.no_accuracy else bench_accuracy(args, machine)
     report["targets"] = check_targets(report["speed"], report["accuracy"])
     print_report(report)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_report(report, args.out)
     return report
 
 

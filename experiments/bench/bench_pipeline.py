@@ -27,7 +27,6 @@ Usage: python experiments/bench/bench_pipeline.py [--size 256] [--stride 32] [--
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -53,7 +52,7 @@ from pipnet_lit.pip import build_neighbors, compute_meanface, encode_targets
 from pipnet_lit.synthetic import generate_dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_cpu import cpu_info  # noqa: E402  (a sibling script, not a package)
+from bench_cpu import cpu_info, write_report  # noqa: E402  (a sibling script, not a package)
 
 META = "synthetic"  # its YAML names the reader, the training split's folders and crop scale, the flips
 
@@ -303,10 +302,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     else:
         with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
             report = run(args, Path(tmp))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_report(report, args.out)
     return report
 
 
