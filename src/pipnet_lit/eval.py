@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipnet_lit.config import check_config_dir, instantiate_group
 from pipnet_lit.lit_module import EvalResults, PIPNetModule
-from pipnet_lit.reporting import report
+from pipnet_lit.reporting import report, tested_results
 from pipnet_lit.train import close_loggers, log_run_dir
 
 
@@ -75,7 +75,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, dict[str, float]], dict[str, An
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         log_run_dir(loggers, cfg.paths.output_dir)
         trainer.test(model, datamodule=datamodule, verbose=False)
-        results = model.test_results
+        results = tested_results(model, trainer)
         if trainer.is_global_zero:
             title = f"{Path(cfg.ckpt_path).name} on {datamodule.meta.name}"
             report(results, cfg.paths.output_dir, title=title)

@@ -68,6 +68,13 @@ def results_from_metrics(metrics: Mapping[str, Any], stage: str = "test") -> dic
     return results
 
 
+def tested_results(model: Any, trainer: Any) -> dict[str, dict[str, float]]:
+    """The last ``trainer.test`` pass's ``{subset: {metric: value}}``: the module's own exact results, or,
+    when the test ran in spawned workers (ddp_spawn) and this process's module holds none, the synced
+    metrics the workers sent back in ``trainer.callback_metrics``."""
+    return model.test_results or results_from_metrics(trainer.callback_metrics, "test")
+
+
 def report(results: dict[str, dict[str, float]], output_dir: str | Path, title: str = "Test results") -> Path:
     """Print the results table and write `test_metrics.json` into a run folder."""
     print_metrics(results, title)

@@ -14,7 +14,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from pipnet_lit.config import check_config_dir, instantiate_group
-from pipnet_lit.reporting import report, results_from_metrics
+from pipnet_lit.reporting import report, tested_results
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -91,9 +91,7 @@ def _fit_and_test(
             ckpt = found or None  # no checkpoint (e.g. fast_dev_run): test the weights in memory
         trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
-        # Under ddp_spawn the test ran in spawned workers: this process's module holds no results, but the
-        # synced metrics came back in callback_metrics.
-        results = model.test_results or results_from_metrics(trainer.callback_metrics, "test")
+        results = tested_results(model, trainer)
         if results and trainer.is_global_zero:
             report(results, cfg.paths.output_dir)
     return metrics, {"cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer}

@@ -25,6 +25,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from pipnet_lit.datasets.cache import read_manifest, write_manifest
+from pipnet_lit.reporting import tested_results
 from pipnet_lit.ssl.pseudo_labels import (
     file_sha256,
     merged_with_scores,
@@ -97,7 +98,7 @@ def run_round(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         read["previous_checkpoint"] = str(previous / "checkpoints" / "last.ckpt")
     metrics, objects = fit_and_test(cfg, datamodule)
     if objects["trainer"].is_global_zero:
-        results = objects["model"].test_results
+        results = tested_results(objects["model"], objects["trainer"])
         ckpt = out / "checkpoints" / "last.ckpt"
         write_manifest(
             out / "manifest.json",
