@@ -19,11 +19,8 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 
+from hydra_job import compose_job
 from pipnet_lit.callbacks import (
     CEDPlot,
     PerImageResults,
@@ -32,7 +29,6 @@ from pipnet_lit.callbacks import (
     plot_prediction_grid,
     to_display,
 )
-from pipnet_lit.config import CONFIG_DIR
 from pipnet_lit.datasets.datamodule import LandmarkDataModule
 from pipnet_lit.lit_module import EvalResults, PIPNetModule
 from pipnet_lit.metrics.functional import ced_curve, fr_auc, nme
@@ -81,20 +77,6 @@ def tiny_overrides(root: Path, workdir: Path) -> list[str]:
         "data.synthetic=null", "model.pretrained=false", "callbacks.rich_progress_bar=null",
         "callbacks.model_summary=null",
     ]  # fmt: skip
-
-
-def compose_config(name: str, overrides: list[str], workdir: Path, run: str = "run"):
-    """A job's config as Hydra gives it (hydra node set, then removed), writing under ``workdir``."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name=name, overrides=[f"run_name={run}", *overrides], return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.paths.root_dir = str(workdir)
-        cfg.paths.output_dir = str(workdir / "outputs" / cfg.run_name)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
 
 
 def _log_records(path: Path):
@@ -297,7 +279,7 @@ def test_wandb_tensorboard_run_with_grids_ced_and_per_image_results(synth, tmp_p
         "callbacks.prediction_grid.every_n_epochs=2", "callbacks.prediction_grid.num_images=3",
         "trainer.log_every_n_steps=1",
     ]  # fmt: skip
-    cfg = compose_config("train", overrides, tmp_path)
+    cfg = compose_job("train", ["run_name=run", *overrides], tmp_path)
     metrics, _ = train(cfg)
     assert wandb.run is None  # the job closed its run
     run_dir = Path(cfg.paths.output_dir)
@@ -352,7 +334,7 @@ def test_crashed_job_marks_its_wandb_run_failed_and_closes_it(synth, tmp_path, m
         raise RuntimeError("boom in training_step")
 
     monkeypatch.setattr(PIPNetModule, "training_step", crash)
-    cfg = compose_config("train", [*tiny_overrides(synth, tmp_path), "logger=wandb"], tmp_path, run="crash")
+    cfg = compose_job("train", ["run_name=crash", *tiny_overrides(synth, tmp_path), "logger=wandb"], tmp_path)
     with pytest.raises(RuntimeError, match="boom in training_step"):
         train(cfg)
     assert wandb.run is None
@@ -427,7 +409,7 @@ def test_eval_runs_the_network_once_and_writes_the_same_predictions_csv(synth, t
         "trainer.accelerator=cpu",
     ]  # fmt: skip
     overrides.append("callbacks.rich_progress_bar=null")  # eval's own callbacks group: callbacks/eval.yaml
-    cfg = compose_config("eval", overrides, tmp_path, run="ev")
+    cfg = compose_job("eval", ["run_name=ev", *overrides], tmp_path)
     results, _ = evaluation.evaluate(cfg)
     assert len(forwards) == math.ceil(5 / 2)  # one forward per test batch: no second pass for the CSV
     assert read_csv(preds) == expected

@@ -14,6 +14,7 @@ import torchvision
 from PIL import Image
 from torch import nn
 
+from hydra_job import compose_job
 from pipnet_lit.datasets.geometry import CropBox, box_from_points_300w, crop_and_resize, normalize_points
 from pipnet_lit.datasets.transforms import build_eval_transform
 from pipnet_lit.inference import (
@@ -434,26 +435,6 @@ def test_predictor_on_gpu_matches_cpu(tmp_path: Path) -> None:
 # -- convert + eval --------------------------------------------------------------------------------------
 
 
-def _compose_eval(overrides: list[str], workdir: Path):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    from pipnet_lit.config import CONFIG_DIR
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="eval", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.paths.root_dir = str(workdir)
-        cfg.paths.output_dir = str(workdir / "outputs" / "eval")
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
-
-
 @pytest.mark.slow
 def test_convert_then_eval_on_300w_like_ours(official_files, tmp_path: Path, capsys) -> None:
     from pipnet_lit.convert import main as convert_main
@@ -471,10 +452,12 @@ def test_convert_then_eval_on_300w_like_ours(official_files, tmp_path: Path, cap
 
     root = tmp_path / "data"
     write_300w_tree(root, n_per_folder=1, image_size=96, seed=3)
-    cfg = _compose_eval(
+    cfg = compose_job(
+        "eval",
         [f"ckpt_path={out}", "data=300w", f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}",
          "data.num_workers=0", "trainer.accelerator=cpu", "data.eval_batch_size=4"],
         tmp_path,
+        output_dir=tmp_path / "outputs" / "eval",
     )  # fmt: skip
     results, objects = evaluate(cfg)
     written = json.loads((tmp_path / "outputs" / "eval" / "test_metrics.json").read_text())

@@ -13,12 +13,10 @@ from typing import Any
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from hydra_job import compose_job
 from pipnet_lit.config import CONFIG_DIR
 
 REPO = Path(__file__).parents[1]
@@ -55,19 +53,6 @@ SLURM_VARS = (
 )  # fmt: skip
 
 
-def compose_cfg(overrides: list[str], root: Path) -> DictConfig:
-    """The train config with its `hydra` node, HydraConfig set, outputs under ``root`` (as in a Hydra job)."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(
-            config_name="train", overrides=[*overrides, f"paths.root_dir={root}"], return_hydra_config=True
-        )
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(root / "outputs" / str(cfg.run_name))
-    HydraConfig.instance().set_config(cfg)
-    return cfg
-
-
 def make_trainer(cfg: DictConfig):
     return instantiate(cfg.trainer, logger=False, enable_progress_bar=False)
 
@@ -79,7 +64,7 @@ def test_every_trainer_config_is_listed():
 
 @pytest.mark.parametrize("name", sorted(TRAINERS))
 def test_trainer_config_composes_in_fp32(name, tmp_path):
-    cfg = compose_cfg([f"trainer={name}"], tmp_path)
+    cfg = compose_job("train", [f"trainer={name}"], tmp_path, keep_hydra=True)
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     assert trainer_cfg["_target_"] == "lightning.pytorch.trainer.Trainer"
     assert trainer_cfg["precision"] == "32-true"  # fp32 everywhere by default, as the paper
@@ -88,7 +73,9 @@ def test_trainer_config_composes_in_fp32(name, tmp_path):
         assert trainer_cfg[key] == value, key
     # every key is a Trainer argument: build it (GPU configs on the CPU, which is all CI has)
     gpu = TRAINERS[name]["accelerator"] == "gpu"
-    cfg = compose_cfg([f"trainer={name}"] + (["trainer.accelerator=cpu"] * gpu), tmp_path)
+    cfg = compose_job(
+        "train", [f"trainer={name}"] + (["trainer.accelerator=cpu"] * gpu), tmp_path, keep_hydra=True
+    )
     trainer = make_trainer(cfg)
     expected_devices = 2 if name == "ddp_sim" else 1
     assert trainer.num_devices == expected_devices and trainer.world_size == expected_devices
@@ -101,7 +88,7 @@ def test_trainer_config_composes_in_fp32(name, tmp_path):
 
 
 def test_mixed_precision_is_one_flag(tmp_path):
-    cfg = compose_cfg(["trainer=gpu", "trainer.precision=bf16-mixed"], tmp_path)
+    cfg = compose_job("train", ["trainer=gpu", "trainer.precision=bf16-mixed"], tmp_path, keep_hydra=True)
     assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.accelerator == "gpu"
     with open_dict(cfg):
         cfg.trainer.accelerator = "cpu"  # Lightning supports bf16 autocast on the CPU as well
@@ -122,7 +109,7 @@ def test_ddp_trainer_reads_its_ranks_from_slurm(monkeypatch, tmp_path):
     for key, value in SLURM_JOB.items():
         monkeypatch.setenv(key, value)
     base = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
-    trainer = make_trainer(compose_cfg([*base, "trainer.num_nodes=2"], tmp_path))
+    trainer = make_trainer(compose_job("train", [*base, "trainer.num_nodes=2"], tmp_path, keep_hydra=True))
     env = trainer.strategy.cluster_environment
     assert isinstance(env, SLURMEnvironment)
     assert (trainer.global_rank, trainer.local_rank, trainer.node_rank) == (3, 1, 1)
@@ -130,7 +117,7 @@ def test_ddp_trainer_reads_its_ranks_from_slurm(monkeypatch, tmp_path):
     assert env.main_address == "gpu07"  # the first node of the allocation hosts rank 0
     env.validate_settings(num_devices=trainer.num_devices, num_nodes=trainer.num_nodes)  # what fit() checks
     # a node count that disagrees with the allocation is refused by name when training starts
-    trainer = make_trainer(compose_cfg([*base, "trainer.num_nodes=1"], tmp_path))
+    trainer = make_trainer(compose_job("train", [*base, "trainer.num_nodes=1"], tmp_path, keep_hydra=True))
     with pytest.raises(ValueError, match=r"num_nodes=1.*--nodes=2"):
         trainer.strategy.cluster_environment.validate_settings(trainer.num_devices, trainer.num_nodes)
 
@@ -139,7 +126,7 @@ def test_ddp_trainer_reads_its_ranks_from_slurm(monkeypatch, tmp_path):
 def test_slurm_launcher_defaults_and_environment(monkeypatch, tmp_path):
     for var in SLURM_VARS:
         monkeypatch.delenv(f"PIPNET_SLURM_{var}", raising=False)
-    cfg = compose_cfg(["hydra/launcher=slurm", "run_name=r"], tmp_path)
+    cfg = compose_job("train", ["hydra/launcher=slurm", "run_name=r"], tmp_path, keep_hydra=True)
     launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
     assert launcher["_target_"].endswith("submitit_launcher.SlurmLauncher")
     expected = {
@@ -153,7 +140,9 @@ def test_slurm_launcher_defaults_and_environment(monkeypatch, tmp_path):
     env |= {"MEM_GB": "200", "TIMEOUT_MIN": "90", "MAX_REQUEUE": "3"}
     for var, value in env.items():
         monkeypatch.setenv(f"PIPNET_SLURM_{var}", value)
-    cfg = compose_cfg(["hydra/launcher=slurm", "trainer=ddp", "trainer.num_nodes=2"], tmp_path)
+    cfg = compose_job(
+        "train", ["hydra/launcher=slurm", "trainer=ddp", "trainer.num_nodes=2"], tmp_path, keep_hydra=True
+    )
     launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
     expected = {
         "partition": "a100", "account": "lab", "nodes": 2, "gpus_per_node": 4, "tasks_per_node": 4,
@@ -161,7 +150,9 @@ def test_slurm_launcher_defaults_and_environment(monkeypatch, tmp_path):
     }  # fmt: skip
     assert {k: launcher[k] for k in expected} == expected
     # the command line wins over the environment
-    cfg = compose_cfg(["hydra/launcher=slurm", "hydra.launcher.partition=h100"], tmp_path)
+    cfg = compose_job(
+        "train", ["hydra/launcher=slurm", "hydra.launcher.partition=h100"], tmp_path, keep_hydra=True
+    )
     assert cfg.hydra.launcher.partition == "h100" and cfg.hydra.launcher.nodes == 1
 
 
@@ -186,7 +177,7 @@ def test_slurm_launcher_submits_one_array_task_per_job(monkeypatch, tmp_path):
         "hydra/launcher=slurm", "trainer=ddp", "trainer.num_nodes=2", "hydra.launcher.partition=a100",
         "hydra.launcher.timeout_min=120", f"hydra.sweep.dir={tmp_path / 'sweep'}", "run_name=300w_r18",
     ]  # fmt: skip
-    cfg = compose_cfg(overrides, tmp_path)
+    cfg = compose_job("train", overrides, tmp_path, keep_hydra=True)
     launcher = instantiate(cfg.hydra.launcher)
     launcher.setup(hydra_context=None, task_function=None, config=cfg)
     with pytest.raises(_Submitted) as submitted:
@@ -206,7 +197,7 @@ def test_slurm_launcher_submits_one_array_task_per_job(monkeypatch, tmp_path):
 # -- local multiruns -----------------------------------------------------------------------------------
 def _prepare(root: Path) -> None:
     """Render and crop the tiny data once, so that the parallel jobs only read it."""
-    cfg = compose_cfg(TINY, root)
+    cfg = compose_job("train", TINY, root, keep_hydra=True)
     instantiate(cfg.data).prepare_data()
 
 
@@ -268,9 +259,7 @@ def test_ddp_sim_trains_and_tests_like_one_process(tmp_path):
     from pipnet_lit.reporting import read_per_image_results
     from pipnet_lit.train import train
 
-    cfg = compose_cfg([*TINY, "trainer=cpu", "trainer.max_epochs=1", "run_name=one"], tmp_path)
-    with open_dict(cfg):
-        del cfg["hydra"]  # as in a real job
+    cfg = compose_job("train", [*TINY, "trainer=cpu", "trainer.max_epochs=1", "run_name=one"], tmp_path)
     train(cfg)
     one = tmp_path / "outputs" / "one"
     ckpt = one / "checkpoints" / "last.ckpt"

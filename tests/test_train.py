@@ -12,11 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 
+from hydra_job import compose_job
 from pipnet_lit.config import CONFIG_DIR
 from pipnet_lit.synthetic import generate_dataset
 from pipnet_lit.train import train
@@ -77,19 +74,6 @@ def tiny_overrides(root: Path, workdir: Path) -> list[str]:
     ]
 
 
-def compose_train(overrides: list[str], workdir: Path):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.paths.root_dir = str(workdir)
-        cfg.paths.output_dir = str(workdir / "outputs" / cfg.run_name)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]  # as in a real run: the job's config has no hydra node
-    return cfg
-
-
 EXPECTED_SUBSETS = {
     "300w": {"300w_full", "300w_common", "300w_challenge"},
     "wflw": {
@@ -113,7 +97,7 @@ def test_fast_dev_run_of_every_experiment(experiment, synthetic_root, raw_root, 
     whole chains. Crops are cached once per session for all experiments.
     """
     root = synthetic_root if experiment == "synthetic" else raw_root / "300W"
-    cfg = compose_train([f"+experiment={experiment}"], tmp_path)
+    cfg = compose_job("train", [f"+experiment={experiment}"], tmp_path)
     stride = cfg.model.net_stride
     size = max(
         64, 2 * stride, 2**cfg.model.coarse_levels * stride
@@ -129,7 +113,7 @@ def test_fast_dev_run_of_every_experiment(experiment, synthetic_root, raw_root, 
         ]  # fmt: skip
     if experiment.startswith("aflw"):  # the tiny AFLW file has 6 faces, not 24386: split them 4 / 2
         overrides.append("data.split_overrides={train: {split_point: 4}, test: {split_point: 4}}")
-    cfg = compose_train(overrides, tmp_path)
+    cfg = compose_job("train", overrides, tmp_path)
     metrics, objects = train(cfg)
     dm = objects["datamodule"]
     assert np.isfinite(metrics["train/loss"])
@@ -146,7 +130,7 @@ def test_fast_dev_run_of_every_experiment(experiment, synthetic_root, raw_root, 
 @pytest.mark.slow
 def test_fit_resume_and_evaluate(synthetic_root, tmp_path):
     base = ["+experiment=synthetic", *tiny_overrides(synthetic_root, tmp_path), "data.input_size=64"]
-    cfg = compose_train([*base, "trainer.max_epochs=1", "trainer.log_every_n_steps=1"], tmp_path)
+    cfg = compose_job("train", [*base, "trainer.max_epochs=1", "trainer.log_every_n_steps=1"], tmp_path)
     _, objects = train(cfg)
     run_dir = Path(cfg.paths.output_dir)
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -155,8 +139,8 @@ def test_fit_resume_and_evaluate(synthetic_root, tmp_path):
     assert steps_one_epoch == 3  # 6 training faces, batch 2
 
     # A second job with the same run name resumes from last.ckpt and trains one more epoch.
-    cfg = compose_train(
-        [*base, "trainer.max_epochs=2", "trainer.log_every_n_steps=1", "ckpt_path=last"], tmp_path
+    cfg = compose_job(
+        "train", [*base, "trainer.max_epochs=2", "trainer.log_every_n_steps=1", "ckpt_path=last"], tmp_path
     )
     metrics, objects = train(cfg)
     assert objects["trainer"].global_step == 2 * steps_one_epoch
@@ -209,7 +193,7 @@ def test_fit_resume_and_evaluate(synthetic_root, tmp_path):
 
 
 def test_fresh_run_refuses_a_folder_that_holds_a_run(synthetic_root, tmp_path):
-    cfg = compose_train(["+experiment=synthetic", *tiny_overrides(synthetic_root, tmp_path)], tmp_path)
+    cfg = compose_job("train", ["+experiment=synthetic", *tiny_overrides(synthetic_root, tmp_path)], tmp_path)
     checkpoints = Path(cfg.paths.output_dir) / "checkpoints"
     checkpoints.mkdir(parents=True)
     (checkpoints / "last.ckpt").write_bytes(b"")
@@ -220,7 +204,7 @@ def test_fresh_run_refuses_a_folder_that_holds_a_run(synthetic_root, tmp_path):
 def test_test_only_needs_an_explicit_checkpoint(synthetic_root, tmp_path):
     overrides = ["+experiment=synthetic", *tiny_overrides(synthetic_root, tmp_path), "train=false"]
     with pytest.raises(ValueError, match="test_ckpt=/path/to.ckpt"):
-        train(compose_train(overrides, tmp_path))
+        train(compose_job("train", overrides, tmp_path))
 
 
 def test_missing_folder_names_the_dataset_layout(synthetic_root, tmp_path):
@@ -262,7 +246,7 @@ def test_readme_custom_data_example_trains_and_tests(tmp_path):
         "data=custom", f"data.meta={out['meta']}", "model.num_nb=4", "+debug=fast",
         *tiny_overrides(out["data_root"] / "mydata", tmp_path),
     ]  # fmt: skip
-    metrics, objects = train(compose_train(overrides, tmp_path))
+    metrics, objects = train(compose_job("train", overrides, tmp_path))
     dm = objects["datamodule"]
     assert dm.num_landmarks == 5 and objects["model"].hparams.num_landmarks == 5
     assert len(dm.train_set) == 6 and len(dm.eval_sets["mydata_test"]) == 3

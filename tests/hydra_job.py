@@ -1,0 +1,43 @@
+"""A job's config as Hydra hands it to a task function, for tests that call `train` / `evaluate` directly."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from pipnet_lit.config import CONFIG_DIR
+
+
+def compose_job(
+    config_name: str,
+    overrides: list[str],
+    workdir: Path | None = None,
+    *,
+    output_dir: Path | None = None,
+    keep_hydra: bool = False,
+) -> DictConfig:
+    """Compose `config_name` (train / eval) with `overrides`, as the job Hydra would run.
+
+    `paths.root_dir` is `workdir` (a fixed temp folder when None) and the run folder is `output_dir`
+    (default `<workdir>/outputs/<run_name>`). HydraConfig is set, as inside a job; the returned config
+    has no `hydra` node unless `keep_hydra` (tests of launchers and sweepers read it).
+    """
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    root = Path(workdir) if workdir is not None else Path(tempfile.gettempdir()) / "pipnet-test-root"
+    out = Path(output_dir) if output_dir is not None else root / "outputs" / str(cfg.run_name)
+    with open_dict(cfg):
+        cfg.paths.root_dir = str(root)
+        cfg.paths.output_dir = str(out)
+        cfg.hydra.runtime.output_dir = str(out)
+    HydraConfig.instance().set_config(cfg)
+    if not keep_hydra:
+        with open_dict(cfg):
+            del cfg["hydra"]  # as in a real run: the job's config has no hydra node
+    return cfg
