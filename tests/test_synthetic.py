@@ -243,6 +243,25 @@ def test_splits_have_their_styles(tmp_path: Path) -> None:
     assert yaw_proxy("challenge") > yaw_proxy("common")  # heavier roll in the challenge style
 
 
+def test_wild_style_shifts_imaging_conditions_not_pose() -> None:
+    # The self-training pool / cross-domain test: same pose and expression ranges as the clean faces
+    # (so a clean-trained model is a usable teacher), other imaging conditions.
+    def draw(style: str) -> list[FaceParams]:
+        rng = np.random.default_rng(7)
+        return [sample_face_params(rng, style, 128) for _ in range(300)]
+
+    clean, wild = draw("clean"), draw("wild")
+    for name, bound in (("yaw", 22.0), ("pitch", 8.0), ("roll", 12.0)):
+        wild_max = max(abs(getattr(p, name)) for p in wild)
+        clean_max = max(abs(getattr(p, name)) for p in clean)
+        assert bound * 0.9 < wild_max <= bound and bound * 0.9 < clean_max <= bound, name
+    assert all(p.blur_sigma == 0 and p.noise_sigma == 0 and not p.grayscale for p in clean)
+    assert 0.6 < np.mean([p.blur_sigma > 0 for p in wild]) < 0.8
+    assert 0.6 < np.mean([p.noise_sigma > 0 for p in wild]) < 0.8
+    assert 0.1 < np.mean([p.grayscale for p in wild]) < 0.3
+    assert np.mean([len(p.occluders) > 0 for p in wild]) > 3 * np.mean([len(p.occluders) > 0 for p in clean])
+
+
 def test_manifest_cache_hit_and_rebuild(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = tmp_path / "synth"
     counts = generate_dataset(root, seed=0, **SMALL)

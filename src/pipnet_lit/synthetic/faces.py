@@ -48,7 +48,8 @@ __all__ = [
 ]
 
 # Bump whenever rendering or sampling changes: generated datasets are then rebuilt.
-GENERATOR_VERSION = 1
+# 2: the wild style keeps the clean pose and expression ranges (an imaging-conditions shift only).
+GENERATOR_VERSION = 2
 STYLES = ("clean", "challenge", "wild")
 # Split folder -> rendering style; the folders mirror datasets/meta/synthetic.yaml.
 SPLIT_STYLES = {
@@ -262,7 +263,11 @@ _STYLE_RANGES = {
     # yaw, pitch, roll (max |deg|), occlusion probability, light strength range, open-mouth probability
     "clean": dict(yaw=22.0, pitch=8.0, roll=12.0, occ=0.05, light=(0.0, 0.35), open=0.25, blink=0.3),
     "challenge": dict(yaw=40.0, pitch=14.0, roll=30.0, occ=0.7, light=(0.4, 0.9), open=0.5, blink=0.6),
-    "wild": dict(yaw=45.0, pitch=14.0, roll=35.0, occ=0.35, light=(0.1, 0.7), open=0.4, blink=0.4),
+    # The second style (the self-training pool and cross-domain test): the clean faces' pose and expression
+    # ranges under other imaging conditions (palettes, blur, noise, grayscale, occluders, harsher light).
+    # Version 1 also widened the pose (yaw 45, roll 35) beyond the clean range; a clean-trained round 0
+    # then failed 83% of those faces and its pseudo-labels carried little (experiments/README.md).
+    "wild": dict(yaw=22.0, pitch=8.0, roll=12.0, occ=0.35, light=(0.1, 0.7), open=0.25, blink=0.3),
 }
 
 
