@@ -29,6 +29,27 @@ def test_every_experiment_composes_and_instantiates(experiment):
     assert trainer.max_epochs == cfg.trainer.max_epochs
 
 
+SSL_EXPERIMENTS = sorted(e for e in EXPERIMENTS if "_ssl" in e)
+
+
+@pytest.mark.parametrize("experiment", SSL_EXPERIMENTS)
+def test_self_training_experiments_run_their_chain(experiment):
+    # every SSL experiment is a chain run by the ssl_chain sweeper; `_nocurriculum` is the official `_wocc`
+    cfg = compose_job("train", [f"+experiment={experiment}"], keep_hydra=True)
+    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
+    assert cfg.hydra.sweeper._target_.endswith("SSLChainSweeper")
+    assert cfg.run_name == experiment and cfg.model.coarse_levels == 2
+    curriculum = ["cls3", "cls2", "std", "std", "std"]
+    expected = ["std", "std", "std"] if experiment.endswith("_nocurriculum") else curriculum
+    assert list(cfg.ssl.schedule) == expected
+    if experiment.endswith("_nocurriculum"):  # the same setting as its curriculum experiment otherwise
+        base = compose_job("train", [f"+experiment={experiment.removesuffix('_nocurriculum')}"])
+        for group in ("data", "model", "trainer"):
+            ours, theirs = (OmegaConf.to_container(c[group], resolve=True) for c in (cfg, base))
+            ours.pop("default_root_dir", None), theirs.pop("default_root_dir", None)  # the run folder
+            assert ours == theirs, group
+
+
 def test_default_config_resolves_dataset_facts():
     cfg = compose_job("train", [])
     resolved = OmegaConf.to_container(cfg.model, resolve=True)

@@ -106,7 +106,7 @@ def test_fast_dev_run_of_every_experiment(experiment, synthetic_root, raw_root, 
         f"+experiment={experiment}", "+debug=fast", *tiny_overrides(root, tmp_path),
         f"data.input_size={size}", f"data.cache_dir={raw_root / 'cache'}",
     ]  # fmt: skip
-    if experiment == "synthetic_ssl":  # its own generated folder (with the labeled wild test split)
+    if experiment.startswith("synthetic_ssl"):  # its own generated folder (with the labeled wild test split)
         overrides += [
             f"data.root={raw_root}", "data.synthetic={n_train: 4, n_common: 2, n_challenge: 1, n_wild: 3, "
             "n_wild_test: 2, image_size: 80, seed: 0}",
