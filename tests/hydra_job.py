@@ -1,7 +1,9 @@
-"""A job's config as Hydra hands it to a task function, for tests that call `train` / `evaluate` directly."""
+"""Jobs in tests: a job's config as Hydra hands it to a task function (for tests that call `train` /
+`evaluate` directly), and the environment for running one as a command."""
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -41,3 +43,10 @@ def compose_job(
         with open_dict(cfg):
             del cfg["hydra"]  # as in a real run: the job's config has no hydra node
     return cfg
+
+
+def job_env(**extra: str) -> dict[str, str]:
+    """Environment for a `python -m pipnet_lit...` subprocess: this one's, W&B offline, no albumentations
+    update check, unbuffered output (a killed job's log is complete), plus `extra`."""
+    quiet = {"WANDB_MODE": "offline", "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
+    return {**os.environ, **quiet, **extra}

@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import struct
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from hydra_job import compose_job
+from hydra_job import compose_job, job_env
 from pipnet_lit.callbacks import (
     CEDPlot,
     PerImageResults,
@@ -352,7 +351,7 @@ def test_multirun_logs_each_job_to_its_own_wandb_run(synth, tmp_path):
         "trainer.max_epochs=1", "++trainer.limit_train_batches=1", "callbacks.rich_progress_bar=null",
         "callbacks.model_summary=null", f"paths.root_dir={tmp_path}", f"hydra.sweep.dir={sweep}",
     ]  # fmt: skip
-    env = dict(os.environ, WANDB_MODE="offline", WANDB_DIR=str(tmp_path / "wandb_dir"))
+    env = job_env(WANDB_DIR=str(tmp_path / "wandb_dir"))
     result = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=REPO, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "will reuse this run" not in result.stderr + result.stdout

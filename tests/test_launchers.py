@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from hydra_job import compose_job
+from hydra_job import compose_job, job_env
 from pipnet_lit.config import CONFIG_DIR
 
 REPO = Path(__file__).parents[1]
@@ -208,8 +207,7 @@ def _multirun(root: Path, *launcher: str) -> dict[int, Path]:
         sys.executable, "-m", "pipnet_lit.train", "-m", *launcher, *TINY, "trainer.max_epochs=1",
         "model.num_nb=3,4", f"paths.root_dir={root}", f"hydra.sweep.dir={root / 'outputs' / 'sweep'}",
     ]  # fmt: skip
-    env = {**os.environ, "WANDB_MODE": "offline", "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
-    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env=job_env())
     assert result.returncode == 0, result.stderr[-3000:]
     sweep = root / "outputs" / "sweep"
     runs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -268,8 +266,7 @@ def test_ddp_sim_trains_and_tests_like_one_process(tmp_path):
         sys.executable, "-m", "pipnet_lit.train", *TINY, f"paths.root_dir={tmp_path}", "trainer=ddp_sim",
         "+debug=fast", f"test_ckpt={ckpt}", "run_name=two",
     ]  # fmt: skip
-    env = {**os.environ, "WANDB_MODE": "offline", "NO_ALBUMENTATIONS_UPDATE": "1"}
-    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(cmd, cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     single = json.loads((one / "test_metrics.json").read_text())
     double = read_per_image_results(tmp_path / "outputs" / "train" / "two" / "test_per_image.csv")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import inspect
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
+from hydra_job import job_env
 from hydra_plugins.pipnet_lit_optuna.optuna_sweeper import (
     OptunaSweeper,
     check_validation_objective,
@@ -349,10 +349,6 @@ def _command(*extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "WANDB_MODE": "offline", "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
-
-
 def _last_logged(path: Path, key: str) -> float:
     values = [row[key] for row in csv.DictReader(path.open()) if row.get(key)]
     return float(values[-1])
@@ -362,7 +358,7 @@ def _last_logged(path: Path, key: str) -> float:
 def test_sweep_on_tiny_data_resumes_and_optimizes_the_validation_split(tmp_path):
     base = tmp_path / "outputs" / "train" / "optuna"
     first = subprocess.run(
-        _command("hydra.sweeper.n_trials=2"), cwd=tmp_path, env=_env(), capture_output=True, text=True
+        _command("hydra.sweeper.n_trials=2"), cwd=tmp_path, env=job_env(), capture_output=True, text=True
     )
     assert first.returncode == 0, first.stderr[-3000:]
     assert sorted(p.name for p in (base / "tiny").glob("trial_*")) == ["trial_0", "trial_1"]
@@ -371,7 +367,7 @@ def test_sweep_on_tiny_data_resumes_and_optimizes_the_validation_split(tmp_path)
     }
 
     second = subprocess.run(
-        _command("hydra.sweeper.n_trials=3"), cwd=tmp_path, env=_env(), capture_output=True, text=True
+        _command("hydra.sweeper.n_trials=3"), cwd=tmp_path, env=job_env(), capture_output=True, text=True
     )
     assert second.returncode == 0, second.stderr[-3000:]
     assert "2 of 3 trial(s) already finished; 1 to run" in second.stdout + second.stderr
@@ -402,7 +398,7 @@ def test_sweep_on_tiny_data_resumes_and_optimizes_the_validation_split(tmp_path)
 @pytest.mark.slow
 def test_cli_refuses_to_tune_on_the_test_subsets(tmp_path):
     result = subprocess.run(
-        _command("data.val_fraction=0"), cwd=tmp_path, env=_env(), capture_output=True, text=True
+        _command("data.val_fraction=0"), cwd=tmp_path, env=job_env(), capture_output=True, text=True
     )
     assert result.returncode != 0
     assert "Set data.val_fraction (e.g. 0.1)" in result.stderr

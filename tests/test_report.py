@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
+from hydra_job import job_env
 from pipnet_lit import report as report_module
 from pipnet_lit.paper import PAPER_NMES, paper_nmes
 from pipnet_lit.report import collect_runs, main, make_report, read_per_image, run_labels
@@ -282,7 +282,7 @@ def test_paper_rows_are_the_confirmed_resnet101_numbers():
 @pytest.mark.slow
 def test_report_over_two_real_tiny_training_runs(tmp_path):
     """Two real runs (train entry point, as a user runs it), then the report command over their folder."""
-    env = {**os.environ, "WANDB_MODE": "offline"}
+    env = job_env()
     for name, extra in (("a", []), ("b", ["seed=1"])):  # another seed: the runs' numbers differ
         result = subprocess.run(
             [

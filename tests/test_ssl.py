@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,7 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from hydra_plugins.pipnet_lit_ssl.ssl_chain_sweeper import chain_name  # noqa: E402
+from hydra_job import job_env
+from hydra_plugins.pipnet_lit_ssl.ssl_chain_sweeper import chain_name
 from pipnet_lit.ssl.chain import check_schedule, write_rounds_report
 from pipnet_lit.ssl.pseudo_labels import read_pseudo_labels, select_confident, write_pseudo_labels
 
@@ -85,17 +85,13 @@ def tiny_chain_command(*extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "WANDB_MODE": "offline", "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
-
-
 @pytest.mark.slow
 def test_chain_killed_inside_round_2_resumes_there(tmp_path):
     """Round 0, round 1 (cls3) and a killed round 2 (std); the same command finishes round 2 only."""
     cmd = tiny_chain_command("ssl.schedule=[cls3,std]", "trainer.max_epochs=2")
     chain = tmp_path / "outputs" / "train" / "synthetic_ssl"
     proc = subprocess.Popen(
-        cmd, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        cmd, cwd=tmp_path, env=job_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
     last2 = chain / "round_2" / "checkpoints" / "last.ckpt"
     deadline = time.time() + 600
@@ -123,7 +119,7 @@ def test_chain_killed_inside_round_2_resumes_there(tmp_path):
         "round_1/checkpoints/last.ckpt"
     )
 
-    result = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=900)
+    result = subprocess.run(cmd, cwd=tmp_path, env=job_env(), capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     # the sweeper skips the finished stages without launching them
     assert "stage 0: every chain's round 0 is done, skipped" in result.stdout
@@ -149,7 +145,7 @@ def test_chain_killed_inside_round_2_resumes_there(tmp_path):
 @pytest.mark.slow
 def test_two_chain_sweep_runs_stage_by_stage(tmp_path):
     cmd = tiny_chain_command("ssl.schedule=[cls2]", "trainer.max_epochs=1", "model.num_nb=3,4")
-    result = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=900)
+    result = subprocess.run(cmd, cwd=tmp_path, env=job_env(), capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     base = tmp_path / "outputs" / "train" / "synthetic_ssl"
     chains = [base / "model.num_nb=3", base / "model.num_nb=4"]
