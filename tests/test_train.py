@@ -117,6 +117,7 @@ def test_fast_dev_run_of_every_experiment(experiment, synthetic_root, raw_root, 
     metrics, objects = train(cfg)
     dm = objects["datamodule"]
     assert np.isfinite(metrics["train/loss"])
+    assert not list(Path(cfg.paths.output_dir).rglob("*.ckpt"))  # a smoke run writes no checkpoint
     assert set(dm.eval_subset_names) == EXPECTED_SUBSETS[dm.meta.name]
     # one metric per evaluation subset and normalization, named after both
     primary = dm.meta.metrics[0].key

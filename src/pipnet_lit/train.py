@@ -75,6 +75,9 @@ def _fit_and_test(
     from hydra.utils import instantiate
 
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    if trainer.fast_dev_run:  # Lightning suppresses checkpoints there, except save_last's write at train end
+        for callback in trainer.checkpoint_callbacks:
+            callback.save_last = False
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     log_run_dir(loggers, cfg.paths.output_dir)
