@@ -5,13 +5,15 @@ Reads run folders only (no W&B, no network, no GPU): every folder below the give
 and its ``test_per_image.csv`` (when present) the per-image NMEs. Writes ``<out>/report.md`` (runs × test
 subsets × metrics, NME / FR in %, AUC as a fraction, the paper's published NME and the difference beside each
 matching row; printed too) and ``<out>/ced_<subset>.png`` (the runs' cumulative error curves overlaid).
+When the folders hold self-training chains (``rounds.json``), also the chains' seed aggregates
+(``pipnet_lit.ssl.aggregate``: ``<out>/seeds.md``, ``seeds.csv``, ``seeds.png``, printed; ``--no-seeds`` skips
+them).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import sys
@@ -24,7 +26,15 @@ import numpy as np
 import yaml
 
 from pipnet_lit.paper import PaperNME, paper_nmes
-from pipnet_lit.reporting import METRICS_NAME, PER_IMAGE_NAME, read_per_image_results
+from pipnet_lit.reporting import METRICS_NAME, PER_IMAGE_NAME, format_metric, read_per_image_results
+from pipnet_lit.ssl.aggregate import (
+    SEEDS_MD,
+    AggregateError,
+    SeedSummary,
+    print_seed_summary,
+    summarize,
+    write_seed_summary,
+)
 
 METRICS_FILE = METRICS_NAME
 PER_IMAGE_FILE = PER_IMAGE_NAME
@@ -272,14 +282,6 @@ def metric_order(runs: Sequence[Run]) -> list[str]:
     return sorted((k for k in keys if k in present), key=lambda k: rank.get(k[:3], 3))
 
 
-def _cell(key: str, value: float | None) -> str:
-    if value is None:
-        return "-"
-    if math.isnan(value):
-        return "nan"
-    return f"{value:.4f}" if key.startswith("auc") else f"{100 * value:.2f}"
-
-
 def _escape(text: str) -> str:
     return text.replace("|", "\\|")
 
@@ -310,7 +312,7 @@ def results_table(runs: Sequence[Run]) -> str:
             if subset not in run.results:
                 continue
             values = run.results[subset]
-            row = [subset, run.label, run.backbone or "?"] + [_cell(k, values.get(k)) for k in keys]
+            row = [subset, run.label, run.backbone or "?"] + [format_metric(k, values.get(k)) for k in keys]
             if with_paper:
                 matches = _paper_for(run, subset)
                 row += [
@@ -425,16 +427,26 @@ class Report:
     markdown: str
     path: Path  # <out>/report.md
     figures: list[Path]
+    seed_summary: SeedSummary | None = None  # when the folders hold self-training chains
+    seed_files: dict[str, Path] = field(default_factory=dict)  # seeds.md, seeds.csv, seeds.png
 
 
-def make_report(paths: Sequence[str | Path], out: str | Path, threshold: float = 0.1) -> Report:
-    """Collect the runs under ``paths``, write ``<out>/report.md`` and ``<out>/ced_<subset>.png``."""
+def make_report(
+    paths: Sequence[str | Path], out: str | Path, threshold: float = 0.1, seeds: bool = True
+) -> Report:
+    """Collect the runs under ``paths``, write ``<out>/report.md`` and ``<out>/ced_<subset>.png``; with
+    ``seeds``, also the seed aggregates of the chains under ``paths`` (``<out>/seeds.*``), when any."""
     if not (0 < threshold < 1):
         raise ReportError(f"--threshold must be a fraction in (0, 1) (0.1 = 10% NME), got {threshold}")
     runs = collect_runs(paths)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     figures, notes = write_ced_figures(runs, out, threshold)
+    try:
+        summary = summarize(paths) if seeds else None
+    except AggregateError as err:
+        raise ReportError(str(err)) from err
+    seed_files = write_seed_summary(summary, out) if summary is not None else {}
     table = results_table(runs)
     lines = [
         "# Run comparison",
@@ -461,10 +473,29 @@ def make_report(paths: Sequence[str | Path], out: str | Path, threshold: float =
     if not figures:
         lines.append(f"No CED figures: no run has a {PER_IMAGE_FILE} with per-image NMEs.")
     lines += [f"- {note}" for note in notes]
+    if summary is not None:
+        chains = sum(len(v.chains) for v in summary.variants)
+        lines += [
+            "",
+            "## Seed aggregates",
+            "",
+            f"{chains} self-training chain{'s' if chains != 1 else ''} in {len(summary.variants)} variant"
+            f"{'s' if len(summary.variants) != 1 else ''} ({', '.join(v.label for v in summary.variants)}): "
+            f"mean ± std over seeds per round in [{SEEDS_MD}]({SEEDS_MD}) "
+            f"(also `{seed_files['csv'].name}`, `{seed_files['png'].name}`).",
+        ]
+        lines += [f"- warning: {w}" for w in summary.warnings]
     markdown = "\n".join(lines) + "\n"
     path = out / REPORT_FILE
     path.write_text(markdown, encoding="utf-8")
-    return Report(runs=runs, markdown=markdown, path=path, figures=figures)
+    return Report(
+        runs=runs,
+        markdown=markdown,
+        path=path,
+        figures=figures,
+        seed_summary=summary,
+        seed_files=seed_files,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -479,6 +510,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", help="where report.md and ced_<subset>.png go (default: <first path>/report)"
     )
     parser.add_argument("--threshold", type=float, default=0.1, help="CED x-range as an NME fraction (0.1)")
+    parser.add_argument(
+        "--no-seeds",
+        dest="seeds",
+        action="store_false",
+        help="skip the self-training chains' seed aggregates (seeds.md / .csv / .png)",
+    )
     return parser
 
 
@@ -487,12 +524,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     first = Path(args.paths[0])
     out = Path(args.out) if args.out else (first.parent if first.is_file() else first) / "report"
     try:
-        report = make_report(args.paths, out, args.threshold)
+        report = make_report(args.paths, out, args.threshold, seeds=args.seeds)
     except ReportError as err:
         print(f"python -m pipnet_lit.report: error: {err}", file=sys.stderr)
         return 2
     print(report.markdown)
-    print(f"wrote {report.path}" + "".join(f", {p.name}" for p in report.figures))
+    if report.seed_summary is not None:
+        print_seed_summary(report.seed_summary)
+    written = [*report.figures, *report.seed_files.values()]
+    print(f"wrote {report.path}" + "".join(f", {p.name}" for p in written))
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,20 @@ METRICS_NAME = "test_metrics.json"
 PER_IMAGE_NAME = "test_per_image.csv"
 
 
+def is_percent(metric: str) -> bool:
+    """NMEs, failure rates and hit rates are shown in %; AUCs and rank correlations as they are."""
+    return not metric.removeprefix("pl_").startswith(("auc", "spearman"))
+
+
+def format_metric(key: str, value: float | None) -> str:
+    """One table cell: ``12.00`` (% for NME / FR / hit rates), ``0.6123`` (AUC, correlations), ``-``."""
+    if value is None:
+        return "-"
+    if math.isnan(value):
+        return "nan"
+    return f"{100 * value:.2f}" if is_percent(key) else f"{value:.4f}"
+
+
 def metrics_table(results: dict[str, dict[str, float]], title: str = "Test results") -> Table:
     """A table with one row per subset; NME and FR in percent, AUC as a fraction (as papers report)."""
     table = Table(title=title)
@@ -29,19 +44,9 @@ def metrics_table(results: dict[str, dict[str, float]], title: str = "Test resul
         keys += [k for k in values if k not in keys]
     table.add_column("subset")
     for key in keys:
-        unit = "" if key.startswith("auc") else " (%)"
-        table.add_column(f"{key}{unit}", justify="right")
+        table.add_column(f"{key} (%)" if is_percent(key) else key, justify="right")
     for subset, values in results.items():
-        cells = []
-        for key in keys:
-            value = values.get(key)
-            if value is None:
-                cells.append("-")
-            elif key.startswith("auc"):
-                cells.append(f"{value:.4f}")
-            else:
-                cells.append(f"{100 * value:.2f}")
-        table.add_row(subset, *cells)
+        table.add_row(subset, *(format_metric(key, values.get(key)) for key in keys))
     return table
 
 
