@@ -23,10 +23,10 @@ install: $(STAMP)
 TEST_WORKERS ?= 2
 
 test: install
-	WANDB_DIR=$$(mktemp -d) $(PY) -m pytest -n $(TEST_WORKERS)
+	WANDB_DIR=$$(mktemp -d) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 test-fast: install
-	WANDB_DIR=$$(mktemp -d) $(PY) -m pytest -n $(TEST_WORKERS) -m "not slow"
+	WANDB_DIR=$$(mktemp -d) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not slow"
 
 demo: install
 	$(PY) -m pipnet_lit.train +experiment=synthetic ckpt_path=last

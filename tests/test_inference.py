@@ -392,7 +392,7 @@ def test_from_checkpoint_equals_the_lightning_module(tmp_path: Path) -> None:
     saved = predictor.save(tmp_path / "copy.ckpt", dataset="300w", note="test")
     again = Predictor.from_checkpoint(saved)
     torch.testing.assert_close(again.crops(crops).landmarks, got.landmarks, atol=0, rtol=0)
-    from pipnet_lit.eval import load_module
+    from pipnet_lit.jobs import load_trained_model as load_module
 
     loaded = load_module(saved).eval()
     with torch.no_grad():

@@ -204,8 +204,8 @@ def _multirun(root: Path, *launcher: str) -> dict[int, Path]:
     """`python -m pipnet_lit.train -m <launcher> ... model.num_nb=3,4`: num_nb -> the job's run folder."""
     _prepare(root)
     cmd = [
-        sys.executable, "-m", "pipnet_lit.train", "-m", *launcher, *TINY, "trainer.max_epochs=1",
-        "model.num_nb=3,4", f"paths.root_dir={root}", f"hydra.sweep.dir={root / 'outputs' / 'sweep'}",
+        sys.executable, "-m", "pipnet_lit.train", "-m", *TINY, "trainer.max_epochs=1", "model.num_nb=3,4",
+        f"paths.root_dir={root}", f"hydra.sweep.dir={root / 'outputs' / 'sweep'}", *launcher,
     ]  # fmt: skip
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env=job_env())
     assert result.returncode == 0, result.stderr[-3000:]
@@ -237,7 +237,8 @@ def test_submitit_local_multirun_runs_each_job_in_its_own_process(tmp_path):
 
 @pytest.mark.slow
 def test_joblib_multirun(tmp_path):
-    by_nb = _multirun(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+    """Loader workers start inside joblib's (loky) workers, whose default context cannot start them."""
+    by_nb = _multirun(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "data.num_workers=1")
     multirun = OmegaConf.load(tmp_path / "outputs" / "sweep" / "multirun.yaml")
     assert multirun.hydra.launcher._target_.endswith("JoblibLauncher") and multirun.hydra.launcher.n_jobs == 2
     for nb, run in by_nb.items():

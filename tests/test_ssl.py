@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import signal
 import subprocess
@@ -13,8 +14,9 @@ import pytest
 
 from hydra_job import job_env
 from hydra_plugins.pipnet_lit_ssl.ssl_chain_sweeper import chain_name
+from pipnet_lit.datasets.pseudo_labels import read_pseudo_labels, write_pseudo_labels
 from pipnet_lit.ssl.chain import check_schedule, write_rounds_report
-from pipnet_lit.ssl.pseudo_labels import read_pseudo_labels, select_confident, write_pseudo_labels
+from pipnet_lit.ssl.pseudo_labels import select_confident
 
 
 def test_select_confident_threshold_and_top_fraction():
@@ -143,21 +145,117 @@ def test_chain_killed_inside_round_2_resumes_there(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_chain_sweep_runs_stage_by_stage(tmp_path):
-    cmd = tiny_chain_command("ssl.schedule=[cls2]", "trainer.max_epochs=1", "model.num_nb=3,4")
+def test_ablation_multirun_runs_each_chain_to_its_own_end_and_summarizes_seeds(tmp_path):
+    """The README's ablation, as a smoke chain: ssl=curriculum,nocurriculum x seed=0,1 = 4 chains of 6 and 4
+    rounds in one basic-launcher multirun; stage k runs round k of every chain that has one; the seed
+    summary is written when the last stage ends; the same command then resumes (nothing to do), and the
+    same chains with another learning rate are refused before anything runs."""
+    cmd = tiny_chain_command("ssl=curriculum,nocurriculum", "seed=0,1", "+debug=fast")
     result = subprocess.run(cmd, cwd=tmp_path, env=job_env(), capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     base = tmp_path / "outputs" / "train" / "synthetic_ssl"
-    chains = [base / "model.num_nb=3", base / "model.num_nb=4"]
-    done = {
-        (c.name, k): json.loads((c / f"round_{k}" / "done.json").read_text()) for c in chains for k in (0, 1)
-    }
-    # stage 1 starts only after stage 0 of both chains finished
-    assert max(done[(c.name, 0)]["finished_at"] for c in chains) <= min(
-        done[(c.name, 1)]["started_at"] for c in chains
+    schedules = {"curriculum": ["cls3", "cls2", "std", "std", "std"], "nocurriculum": ["std", "std", "std"]}
+    done = {}
+    for variant, schedule in schedules.items():
+        for seed in (0, 1):
+            chain = base / f"ssl={variant},seed={seed}"
+            rounds = json.loads((chain / "rounds.json").read_text())["rounds"]
+            assert [(r["round"], r["task"]) for r in rounds] == list(enumerate(["std", *schedule]))
+            assert not (chain / f"round_{len(schedule) + 1}").exists()
+            record = json.loads((chain / "chain.json").read_text())
+            assert record["swept"] == [f"ssl={variant}", f"seed={seed}"] and record["schedule"] == schedule
+            assert record["config"]["seed"] == seed
+            for k in range(len(schedule) + 1):
+                done[(variant, seed, k)] = json.loads((chain / f"round_{k}" / "done.json").read_text())
+    for k in range(1, 6):  # stage k starts when every chain's round k - 1 has finished
+        finished = [d["finished_at"] for (_, _, j), d in done.items() if j == k - 1]
+        started = [d["started_at"] for (_, _, j), d in done.items() if j == k]
+        assert max(finished) <= min(started), k
+    summary = base / "summary"
+    md = (summary / "seeds.md").read_text()
+    assert (
+        "| ssl=curriculum | 0, 1 | 0, 1, 2, 3, 4, 5 |" in md
+        and "| ssl=nocurriculum | 0, 1 | 0, 1, 2, 3 |" in md
     )
-    for c, nb in zip(chains, (3, 4), strict=True):
-        hparams = (c / "round_1" / "csv" / "hparams.yaml").read_text()
-        assert f"num_nb: {nb}" in hparams
-        assert done[(c.name, 1)]["task"] == "cls2"
-        assert json.loads((c / "round_1" / "pseudo_labels" / "manifest.json").read_text())["task"] == "cls2"
+    assert "fewer than 3" in md  # two seeds are flagged
+    rows = list(csv.DictReader((summary / "seeds.csv").open()))
+    wild = [
+        r
+        for r in rows
+        if r["subset"] == "synthetic_ssl_wild" and r["metric"] == "nme_io" and r["round"] == "5"
+    ]
+    values = [done[("curriculum", s, 5)]["results"]["synthetic_ssl_wild"]["nme_io"] for s in (0, 1)]
+    assert len(wild) == 1 and float(wild[0]["mean"]) == pytest.approx(np.mean(values))
+    assert float(wild[0]["std"]) == pytest.approx(np.std(values, ddof=1))
+    assert (summary / "seeds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    again = subprocess.run(cmd, cwd=tmp_path, env=job_env(), capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    for k in range(6):
+        assert f"stage {k}: every chain's round {k} is done, skipped" in again.stdout + again.stderr
+    changed = subprocess.run(
+        [*cmd, "model.lr=2e-4"], cwd=tmp_path, env=job_env(), capture_output=True, text=True, timeout=900
+    )
+    assert changed.returncode != 0
+    assert "model.lr: 0.001 -> 0.0002" in changed.stderr and "run_name=<new name>" in changed.stderr
+
+
+@pytest.mark.slow
+def test_ddp_sim_chain_gives_the_rounds_of_one_process(tmp_path):
+    """trainer=ddp_sim: a 3-round chain in 2 CPU processes ends with the rounds.json of 1 process.
+
+    What differs between 1 and 2 processes is training itself (each process normalizes BatchNorm over its
+    half of the batch; SyncBatchNorm needs GPUs), so these rounds train no step (limit_train_batches=0):
+    each round's freshly seeded network is tested, pseudo-labels the pool for the next, and its weights
+    are saved for it. What is checked is the multi-process chain: pseudo-labels made once by the launching
+    process (rank 0) before the workers start, test results gathered over both, one done marker and
+    manifest per round, the rounds files.
+    """
+    from hydra_job import compose_job
+    from pipnet_lit.train import train
+
+    same = ["ssl.schedule=[std,std]", "trainer.max_epochs=1", "+trainer.limit_train_batches=0"]
+    one = tmp_path / "one"
+    for k in range(3):
+        args = tiny_chain_command(*same, f"ssl.round={k}", "ssl.chain=one")[3:]
+        train(compose_job("train", args, tmp_path, output_dir=one / f"round_{k}"))
+    cmd = tiny_chain_command(*same, "trainer=ddp_sim", "run_name=two")
+    result = subprocess.run(cmd, cwd=tmp_path, env=job_env(), capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    two = tmp_path / "outputs" / "train" / "two"
+    assert result.stdout.count("pseudo-labelled 6/6 faces") == 2  # rounds 1 and 2, once each
+    rounds_one = json.loads((one / "rounds.json").read_text())["rounds"]
+    rounds_two = json.loads((two / "rounds.json").read_text())["rounds"]
+    assert [r["round"] for r in rounds_two] == [0, 1, 2]
+    for a, b in zip(rounds_one, rounds_two, strict=True):
+        assert a["task"] == b["task"] and set(a["results"]) == set(b["results"])
+        for subset, values in a["results"].items():
+            for key, value in values.items():
+                assert b["results"][subset][key] == pytest.approx(value, abs=1e-6), (a["round"], subset, key)
+        for key, value in (a["pseudo_labels"] or {}).items():
+            assert b["pseudo_labels"][key] == pytest.approx(value, abs=1e-6), (a["round"], key)
+
+
+def test_ddp_that_reruns_the_command_is_refused_inside_a_chain(tmp_path):
+    """trainer=ddp outside SLURM / torchrun re-runs the command line for its other processes: inside a chain
+    (a multirun) that would restart the whole chain in each, so a round refuses it before training."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import instantiate
+
+    from hydra_job import compose_job
+    from pipnet_lit.ssl.chain import check_launch
+
+    cfg = compose_job(
+        "train",
+        ["+experiment=synthetic_ssl", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"],
+        tmp_path,
+        keep_hydra=True,
+    )
+    trainer = instantiate(cfg.trainer, logger=False, enable_progress_bar=False)
+    assert HydraConfig.get().mode.name == "MULTIRUN"
+    with pytest.raises(
+        RuntimeError, match=r"trainer=ddp outside SLURM / torchrun .* trainer.strategy=ddp_spawn"
+    ):
+        check_launch(trainer)
+    spawn = instantiate(cfg.trainer, strategy="ddp_spawn", logger=False, enable_progress_bar=False)
+    check_launch(spawn)  # ddp_spawn starts its processes from inside the round: allowed

@@ -17,17 +17,9 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from pipnet_lit.config import check_config_dir, instantiate_group
-from pipnet_lit.lit_module import EvalResults, PIPNetModule
+from pipnet_lit.jobs import closing_loggers, load_trained_model, log_run_dir
+from pipnet_lit.lit_module import EvalResults
 from pipnet_lit.reporting import report, tested_results
-from pipnet_lit.train import close_loggers, log_run_dir
-
-
-def load_module(ckpt_path: str | Path) -> PIPNetModule:
-    """Load a trained `PIPNetModule` on the CPU without fetching ImageNet weights."""
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist (ckpt_path=...)")
-    return PIPNetModule.load_from_checkpoint(path, map_location="cpu", pretrained=False)
 
 
 def write_predictions(results: dict[str, EvalResults], datamodule: Any, path: str | Path) -> Path:
@@ -62,14 +54,14 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, dict[str, float]], dict[str, An
     from hydra.utils import instantiate
 
     L.seed_everything(cfg.seed, workers=True)
-    model = load_module(cfg.ckpt_path)
+    model = load_trained_model(cfg.ckpt_path)
     # the checkpoint fixes the input size; the training folders are not needed (the mean face is inside)
     datamodule = instantiate(
         cfg.data, input_size=model.hparams.input_size, load_train=False, load_unlabeled=False
     )
     callbacks = instantiate_group(cfg.get("callbacks")) if cfg.get("callbacks") else _progress_bar()
     loggers = instantiate_group(cfg.get("logger"))
-    try:  # jobs clean up: the W&B run closes however the job ends
+    with closing_loggers():  # jobs clean up: the W&B run closes however the job ends
         trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
         for logger in loggers:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
@@ -81,10 +73,6 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, dict[str, float]], dict[str, An
             report(results, cfg.paths.output_dir, title=title)
             if cfg.get("predictions_csv"):  # from the test pass, gathered over every rank
                 write_predictions(model.eval_results["test"], datamodule, cfg.predictions_csv)
-    except BaseException:
-        close_loggers(failed=True)
-        raise
-    close_loggers(failed=False)
     return results, {"model": model, "datamodule": datamodule, "trainer": trainer}
 
 

@@ -2,11 +2,15 @@
 
 ``hydra/sweeper=ssl_chain`` (selected by the SSL experiments, with ``hydra.mode: MULTIRUN``): the sweep's
 hyperparameter combinations (command-line sweeps such as ``model.num_nb=5,10`` and
-``hydra.sweeper.params``, as with Hydra's basic sweeper) each define one chain. Stage k launches round k
-of every chain whose round k is not done, as one batch through the configured launcher (basic, joblib,
-submitit: on a cluster every round of every chain is its own job, the chains in parallel), then stage
-k + 1. Chain folders are ``<hydra.sweep.dir>/<ssl.chain>/round_<k>``; a round with ``done.json`` is
-skipped, so the same command resumes a killed chain.
+``hydra.sweeper.params``, as with Hydra's basic sweeper; ``ssl=curriculum,nocurriculum``, ``seed=0,1,2``,
+``ssl.schedule=...`` alike) each define one chain, composed with its own config, so each runs its own
+schedule to its end. Stage k launches round k of every chain that has one and whose round k is not done,
+as one batch through the configured launcher (basic, joblib, submitit: on a cluster every round of every
+chain is its own job, the chains in parallel), then stage k + 1. Chain folders are
+``<hydra.sweep.dir>/<ssl.chain>/round_<k>`` (layout: ``pipnet_lit.ssl.layout``); finished rounds are
+skipped, so the same command resumes a killed chain; a chain whose recorded config (``chain.json``)
+differs from this command's is refused before anything runs. When the last stage ends, the chains' seed
+aggregate is written to ``<hydra.sweep.dir>/<run_name>/summary/``.
 """
 
 import logging
@@ -78,29 +82,60 @@ class SSLChainSweeper(Sweeper):
         swept = [o.get_key_element() for o in overrides if o.is_sweep_override()]
         return BasicSweeper.split_arguments(overrides, None)[0], swept
 
+    def _chains(self, arguments: list[str], sweep_dir: Path) -> list[tuple[str, list[str], list[str]]]:
+        """(chain name, overrides, schedule) of every chain: each chain's own config is composed (as its
+        jobs will be), so a sweep over ``ssl`` or ``ssl.schedule`` gives each chain its own rounds. The
+        chain's config is recorded in (or checked against) its ``chain.json`` before any stage runs."""
+        from pipnet_lit.ssl.chain import check_schedule
+        from pipnet_lit.ssl.chain_config import check_chain_config, defining_config
+
+        assert self.config is not None
+        combos, swept = self._combinations(arguments)
+        base = str(OmegaConf.select(self.config, "run_name"))
+        chains = []
+        for combo in combos:
+            name = chain_name(base, combo, swept)
+            job_cfg = self.hydra_context.config_loader.load_sweep_config(
+                self.config, [*combo, f"ssl.chain='{name}'", "ssl.round=0"]
+            )
+            schedule = check_schedule(OmegaConf.select(job_cfg, "ssl.schedule", default=None) or [])
+            check_chain_config(
+                sweep_dir / name,
+                defining_config(job_cfg),
+                chain_name=name,
+                allow_change=bool(OmegaConf.select(job_cfg, "ssl.allow_config_change", default=False)),
+                swept=[o for o in combo if o.split("=", 1)[0] in swept],
+                schedule=schedule,
+            )
+            chains.append((name, combo, schedule))
+        return chains
+
     def sweep(self, arguments: list[str]) -> Any:
+        from pipnet_lit.ssl.layout import is_done, round_dir
+
         assert self.config is not None and self.launcher is not None
         cfg = self.config
-        schedule = list(OmegaConf.select(cfg, "ssl.schedule", default=None) or [])
         if OmegaConf.select(cfg, "ssl", default=None) is None:
             raise ValueError(
                 "hydra/sweeper=ssl_chain runs self-training chains: the config needs an `ssl:` node"
             )
-        combos, swept = self._combinations(arguments)
         base = str(OmegaConf.select(cfg, "run_name"))
         sweep_dir = Path(str(cfg.hydra.sweep.dir))
         (sweep_dir / base).mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, sweep_dir / base / "multirun.yaml")
-        chains = [(chain_name(base, combo, swept), combo) for combo in combos]
-        names = [c for c, _ in chains]
-        log.info(f"ssl_chain: {len(chains)} chain(s) x {len(schedule) + 1} rounds in {sweep_dir}: {names}")
+        chains = self._chains(arguments, sweep_dir)
+        stages = max(len(schedule) for _, _, schedule in chains) + 1
+        log.info(
+            f"ssl_chain: {len(chains)} chain(s) in {sweep_dir}: "
+            + ", ".join(f"{name} ({len(schedule) + 1} rounds)" for name, _, schedule in chains)
+        )
         returns = []
         job_idx = 0
-        for k in range(len(schedule) + 1):
+        for k in range(stages):
             batch = [
-                [*combo, f"ssl.chain='{chain}'", f"ssl.round={k}"]
-                for chain, combo in chains
-                if not (sweep_dir / chain / f"round_{k}" / "done.json").is_file()
+                [*combo, f"ssl.chain='{name}'", f"ssl.round={k}"]
+                for name, combo, schedule in chains
+                if k <= len(schedule) and not is_done(round_dir(sweep_dir / name, k))
             ]
             if not batch:
                 log.info(f"ssl_chain: stage {k}: every chain's round {k} is done, skipped")
@@ -114,4 +149,27 @@ class SSLChainSweeper(Sweeper):
             if failed:
                 raise RuntimeError(f"ssl_chain: {len(failed)} job(s) of stage {k} failed")
             returns.append(results)
+        self._summarize(sweep_dir / base)
         return returns
+
+    def _summarize(self, folder: Path) -> None:
+        """The seed aggregate of the chains (mean +- std per round and variant), when the last stage ends."""
+        from pipnet_lit.ssl.aggregate import summarize_chains
+
+        assert self.config is not None
+        wandb = None
+        if OmegaConf.select(self.config, "logger.wandb", default=None) is not None:
+            wandb = {
+                "project": str(OmegaConf.select(self.config, "logger.wandb.project", default="pipnet-lit")),
+                "group": folder.name,
+                "save_dir": str(folder),
+            }
+        try:
+            paths = summarize_chains([folder], folder / "summary", wandb=wandb)
+        except Exception as err:  # the rounds are on disk; the summary can be made again
+            log.error(
+                f"ssl_chain: the seed summary of {folder} failed ({err}); make it with "
+                f"python -m pipnet_lit.report {folder}"
+            )
+            return
+        log.info(f"ssl_chain: seed summary in {', '.join(str(p) for p in paths.values())}")

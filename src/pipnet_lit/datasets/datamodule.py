@@ -101,6 +101,10 @@ class LandmarkDataModule(L.LightningDataModule):
         prepare_workers: threads that crop in ``prepare_data`` (default: every core).
         split_overrides: reader arguments replacing the YAML's, per split, e.g. ``{"train": {"split_point":
             100}}`` (AFLW on a smaller file) or ``{"test": {"folders": ["ibug"]}}``.
+        pseudo_labels: self-training: ``{"folder": <pseudo-label folder>, "task": "std" | "cls2" | "cls3"}``
+            (``datasets/pseudo_labels.py``): train on the labeled split plus the pool's pseudo-labeled
+            faces, each carrying ``task`` (labeled faces ``std``); batches then hold a ``task`` tensor and
+            the module picks the loss from it. None (default): the labeled split alone.
     """
 
     def __init__(
@@ -124,11 +128,12 @@ class LandmarkDataModule(L.LightningDataModule):
         bad_input: dict[str, str] | None = None,
         prepare_workers: int | None = None,
         split_overrides: dict[str, dict[str, Any]] | None = None,
+        pseudo_labels: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
         # plain Python containers (not Hydra's DictConfig) so checkpoints load with weights_only=True
-        eval_subsets, augment, synthetic, bad_input, split_overrides = (
-            _plain(v) for v in (eval_subsets, augment, synthetic, bad_input, split_overrides)
+        eval_subsets, augment, synthetic, bad_input, split_overrides, pseudo_labels = (
+            _plain(v) for v in (eval_subsets, augment, synthetic, bad_input, split_overrides, pseudo_labels)
         )
         if isinstance(eval_subsets, str):
             eval_subsets = [eval_subsets]
@@ -164,17 +169,19 @@ class LandmarkDataModule(L.LightningDataModule):
         self.eval_pools: list[EvalPool] = []
         self.meanface: np.ndarray | None = None
         self._pseudo: tuple[Path, str] | None = None
-
-    def set_pseudo_labels(self, folder: str | Path, task: str = "std") -> None:
-        """Train on the labeled split plus the unlabeled pool's pseudo-labels in ``folder`` (self-training).
-
-        Every pseudo-labeled face carries ``task`` (``std``, ``cls2`` or ``cls3``), labeled faces ``std``;
-        batches then hold a ``task`` tensor and the module picks the loss from it. Call before ``setup``.
-        """
-        if task not in TASKS:
-            raise ValueError(f"pseudo-label task must be one of {TASKS}, got {task!r}")
-        self._pseudo = (Path(folder), task)
-        self.train_set = None
+        if pseudo_labels is not None:
+            unknown = sorted(set(pseudo_labels) - {"folder", "task"})
+            if unknown or "folder" not in pseudo_labels:
+                raise ValueError(
+                    f"data.pseudo_labels takes {{folder: <pseudo-label folder>, task: std|cls2|cls3}}, got "
+                    f"{pseudo_labels}"
+                )
+            task = str(pseudo_labels.get("task", "std"))
+            if task not in TASKS:
+                raise ValueError(f"data.pseudo_labels.task must be one of {TASKS}, got {task!r}")
+            if not self.meta.unlabeled:
+                raise ValueError(f"data.pseudo_labels: dataset {self.meta.name!r} has no unlabeled pool")
+            self._pseudo = (Path(pseudo_labels["folder"]), task)
 
     # -- facts other components read ---------------------------------------------------------------
     @property
@@ -328,12 +335,39 @@ class LandmarkDataModule(L.LightningDataModule):
             self.unlabeled_set = _dataset(pool, build_eval_transform(self.hparams.input_size))
         return self.unlabeled_set
 
+    def unlabeled_truth(self) -> np.ndarray | None:
+        """The pool's own landmarks (N, L, 2), normalized, in ``unlabeled_set`` order, when its format
+        carries them (the synthetic wild pool, a pool read from a labeled format); None otherwise (CelebA).
+
+        For pseudo-label diagnostics only: training and filtering never see them."""
+        pool = self._read_many(self.meta.unlabeled)
+        if pool.landmarks is None or not len(pool) or pool.landmarks.shape[1] != self.num_landmarks:
+            return None
+        return pool.landmarks
+
+    def unlabeled_fingerprint(self) -> str:
+        """sha256 over the pool's crops (each split's cache identity and crop names): pseudo-labels made
+        for another pool are never reused."""
+        import hashlib
+
+        from pipnet_lit.datasets.cache import read_manifest
+
+        digest = hashlib.sha256()
+        for split in self.meta.unlabeled:
+            folder = self.split_cache_dir(split)
+            manifest = read_manifest(folder / "manifest.json") or {}
+            digest.update(
+                f"{split}:{manifest.get('source_fingerprint')}:{manifest.get('input_size')}\n".encode()
+            )
+            digest.update("\n".join(read_split(folder).names).encode())
+        return digest.hexdigest()
+
     def _with_pseudo_labels(self, train: CachedSplit) -> tuple[CachedSplit, np.ndarray]:
         """The labeled split followed by the pseudo-labeled pool faces, and each face's task id."""
         tasks = np.zeros(len(train), dtype=np.int64)
         if self._pseudo is None:
             return train, tasks
-        from pipnet_lit.ssl.pseudo_labels import read_pseudo_labels
+        from pipnet_lit.datasets.pseudo_labels import read_pseudo_labels
 
         folder, task = self._pseudo
         labels = read_pseudo_labels(folder)
@@ -434,6 +468,7 @@ class LandmarkDataModule(L.LightningDataModule):
             pin_memory=self.hparams.pin_memory,
             drop_last=shuffle and len(dataset) > batch_size,
             worker_init_fn=_seed_worker,
+            multiprocessing_context=_worker_start_method() if workers > 0 else None,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -468,6 +503,19 @@ def _dataset(split: CachedSplit, transform: Any, tasks: np.ndarray | None = None
     return CropDataset(
         split.image_paths, split.landmarks, split.boxes, transform, names=split.names, tasks=tasks
     )
+
+
+def _worker_start_method() -> str:
+    """How loader workers start: the process's start method, except inside a joblib launcher's (loky)
+    worker, whose own default context cannot start them ('Process' object has no attribute 'env'): then
+    fork where the platform has it, else spawn."""
+    import multiprocessing
+
+    method = multiprocessing.get_start_method(allow_none=True)
+    available = multiprocessing.get_all_start_methods()
+    if method in available:
+        return method
+    return "fork" if "fork" in available else "spawn"
 
 
 def _rank() -> int:
