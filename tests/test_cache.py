@@ -12,11 +12,11 @@ import cv2
 import numpy as np
 import pytest
 
+from pipnet_lit import files as files_module
 from pipnet_lit.datasets import cache as cache_module
 from pipnet_lit.datasets import records as records_module
 from pipnet_lit.datasets.cache import (
     CACHE_VERSION,
-    atomic_write_text,
     format_annotation_line,
     manifest_matches,
     prepare_split,
@@ -29,6 +29,7 @@ from pipnet_lit.datasets.geometry import CropBox, clamp_box, crop_and_resize
 from pipnet_lit.datasets.pts import read_pts, write_pts
 from pipnet_lit.datasets.readers.w300 import crop_300w, read_300w
 from pipnet_lit.datasets.records import BadInput, DataFormatError, FaceRecord, load_image_bgr
+from pipnet_lit.files import atomic_write
 
 FOLDERS = ["afw", "helen/trainset"]
 NAMES = ["afw_a", "afw_b", "helen_trainset_c"]
@@ -84,11 +85,12 @@ def _snapshot(cache_dir: Path) -> dict[str, tuple[bytes, int]]:
 def test_files_written_and_read_back(root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     written: list[str] = []
 
-    def recording_write(path, text):
+    def recording_write(path, write):
         written.append(Path(path).name)
-        return atomic_write_text(path, text)
+        return atomic_write(path, write)
 
-    monkeypatch.setattr(cache_module, "atomic_write_text", recording_write)
+    # every state file goes through pipnet_lit.files.atomic_write (temp file + rename)
+    monkeypatch.setattr(files_module, "atomic_write", recording_write)
     cache = tmp_path / "cache"
     params = {"root": root, "scale": np.float64(1.1), "folders": tuple(FOLDERS)}
     records = _records(root)

@@ -288,7 +288,8 @@ def stdlib_violations(graph: grimp.ImportGraph, module: str) -> list[tuple[str, 
     allowed_internal = set(_parent_packages(module))
     bad = []
     for reached in sorted(graph.find_upstream_modules(module)):
-        if reached in allowed_internal or reached.split(".")[0] in sys.stdlib_module_names:
+        # other modules of the package are allowed: what they import is in this module's reach too
+        if reached in allowed_internal or reached.split(".")[0] in (sys.stdlib_module_names | {PACKAGE}):
             continue
         chain = graph.find_shortest_chain(importer=module, imported=reached)
         assert chain is not None
@@ -424,3 +425,24 @@ def test_forbidden_check_reports_exactly_the_planted_imports(fake_package):
     ]
     # the import statements alone miss the parent package's __init__
     assert find_forbidden_imports(build_import_graph(p), f"{p}.via_parent", FRAMEWORKS) == []
+
+
+#: Entry points share the jobs layer, never each other: (importer, imported) pairs that must not be
+#: connected by any chain of imports. `train` alone knows that self-training chains exist.
+ENTRY_POINT_EDGES = [
+    ("pipnet_lit.eval", "pipnet_lit.train"),
+    ("pipnet_lit.eval", "pipnet_lit.ssl.chain"),
+    ("pipnet_lit.train", "pipnet_lit.eval"),
+    ("pipnet_lit.ssl.chain", "pipnet_lit.train"),
+    ("pipnet_lit.ssl.chain", "pipnet_lit.eval"),
+    ("pipnet_lit.jobs", "pipnet_lit.train"),
+    ("pipnet_lit.jobs", "pipnet_lit.eval"),
+    ("pipnet_lit.jobs", "pipnet_lit.ssl.chain"),
+]
+
+
+@pytest.mark.parametrize(("importer", "imported"), ENTRY_POINT_EDGES)
+def test_entry_points_do_not_import_each_other(import_graph, importer, imported):
+    assert {importer, imported} <= import_graph.modules
+    chain = import_graph.find_shortest_chain(importer=importer, imported=imported)
+    assert chain is None, f"{importer} imports {imported}: {describe_chain(import_graph, tuple(chain))}"

@@ -278,3 +278,29 @@ def test_a_filter_that_keeps_no_face_stops_the_round(base_chain, data_root, tmp_
     assert manifest["train_faces"] == 8  # the labeled faces alone
     changes = json.loads((chain / "chain.json").read_text())["changes"]
     assert [d[0] for d in changes[0]["diff"]] == ["ssl.pseudo_labels.threshold"]
+
+
+def test_other_ranks_wait_for_rank_zeros_pseudo_labels_or_its_failure(tmp_path):
+    """A process other than rank 0 waits for pseudo-labels with the round's key; when rank 0 fails, it
+    stops with rank 0's reason instead of holding its GPU until the timeout."""
+    import threading
+
+    from pipnet_lit.datasets.pseudo_labels import write_pseudo_labels
+    from pipnet_lit.files import write_json_atomic
+    from pipnet_lit.ssl.chain import FAILED_NAME, _wait_for
+
+    folder, key = tmp_path / "pl", {"checkpoint_sha256": "a", "pool": "p", "settings": {}}
+    lms, scores = np.zeros((1, 2, 2)), np.ones(1)
+    write_pseudo_labels(folder, ["x"], lms, scores, {"key": {**key, "pool": "old"}})  # another key: wait on
+    timer = threading.Timer(0.3, lambda: write_pseudo_labels(folder, ["x"], lms, scores, {"key": key}))
+    timer.start()
+    assert _wait_for(folder, key, timeout=20, poll=0.05) == folder
+    timer.join()
+    other = {**key, "checkpoint_sha256": "b"}
+    write_json_atomic(folder / FAILED_NAME, {"key": other, "error": "RuntimeError: keeps none"})
+    with pytest.raises(
+        RuntimeError, match="rank 0 failed to make the pseudo-labels .*: RuntimeError: keeps none"
+    ):
+        _wait_for(folder, other, timeout=20, poll=0.05)
+    with pytest.raises(TimeoutError, match="did not write the pseudo-labels"):
+        _wait_for(folder, {**key, "pool": "never"}, timeout=0.2, poll=0.05)

@@ -15,6 +15,7 @@ import torch
 
 from hydra_job import compose_job
 from pipnet_lit.config import CONFIG_DIR
+from pipnet_lit.ssl.layout import recorded_checkpoint
 from pipnet_lit.synthetic import generate_dataset
 from pipnet_lit.train import train
 
@@ -133,7 +134,13 @@ def test_fast_dev_run_of_every_experiment(experiment, synthetic_root, raw_root, 
         check_fast_dev_metrics(metrics, objects["datamodule"])
         done = json.loads((chain / f"round_{k}" / "done.json").read_text())
         assert done["task"] == (schedule[k - 1] if k else "std")
-        assert (chain / f"round_{k}" / "checkpoints" / "last.ckpt").is_file()  # the next round's model
+        # the next round's model: the weights of a fast_dev_run, which saves no checkpoint of its own
+        assert (
+            recorded_checkpoint(chain / f"round_{k}")
+            == chain / f"round_{k}" / "checkpoints" / "final_weights.ckpt"
+        )
+        assert recorded_checkpoint(chain / f"round_{k}").is_file()
+        assert not (chain / f"round_{k}" / "checkpoints" / "last.ckpt").exists()  # nothing to resume from
         if k:
             labels = json.loads((chain / f"round_{k}" / "pseudo_labels" / "manifest.json").read_text())
             assert labels["count"] == labels["count_pool"] > 0 and labels["task"] == schedule[k - 1]

@@ -26,7 +26,13 @@ import numpy as np
 import yaml
 
 from pipnet_lit.paper import PaperNME, paper_nmes
-from pipnet_lit.reporting import METRICS_NAME, PER_IMAGE_NAME, format_metric, read_per_image_results
+from pipnet_lit.reporting import (
+    METRICS_NAME,
+    PER_IMAGE_NAME,
+    format_metric,
+    markdown_table,
+    read_per_image_results,
+)
 from pipnet_lit.ssl.aggregate import (
     SEEDS_MD,
     AggregateError,
@@ -286,12 +292,6 @@ def _escape(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(_escape(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def _paper_for(run: Run, subset: str) -> list[tuple[PaperNME, float | None]]:
     """Published NMEs matching this row, each with the run's value under that metric key (fraction)."""
     values = run.results.get(subset, {})
@@ -321,7 +321,7 @@ def results_table(runs: Sequence[Run]) -> str:
                     "; ".join(f"{100 * v - p.nme:+.2f}" for p, v in matches if v is not None) or "-",
                 ]
             rows.append(row)
-    return _markdown_table(header, rows)
+    return markdown_table(header, rows)
 
 
 def runs_table(runs: Sequence[Run]) -> str:
@@ -342,7 +342,7 @@ def runs_table(runs: Sequence[Run]) -> str:
             ]
         )
     header = ["run", "folder", "data.meta", "backbone", "primary", PER_IMAGE_FILE, "overrides that differ"]
-    return _markdown_table(header, rows)
+    return markdown_table(header, rows)
 
 
 def _display_path(path: Path) -> str:

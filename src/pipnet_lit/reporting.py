@@ -36,6 +36,13 @@ def format_metric(key: str, value: float | None) -> str:
     return f"{100 * value:.2f}" if is_percent(key) else f"{value:.4f}"
 
 
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A GitHub Markdown table (``|`` inside a cell escaped)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
 def metrics_table(results: dict[str, dict[str, float]], title: str = "Test results") -> Table:
     """A table with one row per subset; NME and FR in percent, AUC as a fraction (as papers report)."""
     table = Table(title=title)

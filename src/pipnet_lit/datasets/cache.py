@@ -37,6 +37,7 @@ import numpy as np
 
 from pipnet_lit.datasets.geometry import crop_and_resize
 from pipnet_lit.datasets.records import BadInput, DataFormatError, FaceRecord
+from pipnet_lit.files import atomic_write_text, read_json_object, write_json_atomic
 
 __all__ = [
     "CACHE_VERSION",
@@ -95,32 +96,11 @@ def exclusive_lock(path: str | os.PathLike[str], what: str = "") -> Iterator[Non
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-# -- manifests (also used by the synthetic generator and, later, pseudo-labels) ---------------------------
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace`` (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8", newline="\n")
-    os.replace(tmp, path)
-    return path
-
-
-def write_manifest(path: str | os.PathLike[str], manifest: dict[str, Any]) -> Path:
-    """Write a JSON manifest atomically (write it last: its presence marks the folder complete)."""
-    return atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-
-
-def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The manifest at ``path``, or None when it is missing or unreadable."""
-    path = Path(path)
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
+# -- manifests (also used by the synthetic generator, pseudo-labels and self-training rounds) -------------
+#: Write a JSON manifest atomically (write it last: its presence marks the folder complete).
+write_manifest = write_json_atomic
+#: The manifest at ``path``, or None when it is missing or unreadable.
+read_manifest = read_json_object
 
 
 def manifest_matches(path: str | os.PathLike[str], expected: dict[str, Any], keys: Sequence[str]) -> bool:

@@ -505,15 +505,15 @@ def _dataset(split: CachedSplit, transform: Any, tasks: np.ndarray | None = None
     )
 
 
-def _worker_start_method() -> str:
-    """How loader workers start: the process's start method, except inside a joblib launcher's (loky)
-    worker, whose own default context cannot start them ('Process' object has no attribute 'env'): then
-    fork where the platform has it, else spawn."""
+def _worker_start_method() -> str | None:
+    """How loader workers start: None (PyTorch's default) unless the process set a start method of its own;
+    inside a joblib launcher's (loky) worker, whose own default context cannot start them ('Process' object
+    has no attribute 'env'), the platform's standard method by name."""
     import multiprocessing
 
     method = multiprocessing.get_start_method(allow_none=True)
     available = multiprocessing.get_all_start_methods()
-    if method in available:
+    if method is None or method in available:
         return method
     return "fork" if "fork" in available else "spawn"
 

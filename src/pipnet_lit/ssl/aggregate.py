@@ -22,7 +22,7 @@ import io
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from pipnet_lit.reporting import format_metric, is_percent
+from pipnet_lit.files import atomic_write, atomic_write_text
+from pipnet_lit.reporting import format_metric, is_percent, markdown_table
 from pipnet_lit.ssl.layout import (
     CHAIN_CONFIG_NAME,
     CHECKPOINTS_DIRNAME,
@@ -48,6 +49,7 @@ SEEDS_PNG = "seeds.png"
 POOL_SUBSET = "pseudo_labels"
 #: Seeds below this count get a warning: a mean of one or two seeds says little about a difference.
 MIN_SEEDS = 3
+_ROUND = re.compile(r"round_\d+")
 #: Folders never searched for chains (a chain's rounds hold these; hidden folders are skipped too).
 _SKIP_DIRS = {CHECKPOINTS_DIRNAME, PSEUDO_LABELS_DIRNAME, "wandb", "csv", "__pycache__"}
 _SEED_OVERRIDE = re.compile(r"[+~]*seed=(?P<value>.*)")
@@ -256,9 +258,11 @@ def find_chain_dirs(path: str | os.PathLike[str]) -> list[Path]:
     for folder, dirs, files in os.walk(root):
         if ROUNDS_JSON in files:
             found.append(Path(folder))
-            dirs[:] = []  # a chain's own folders (rounds) hold no chains
-            continue
-        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in _SKIP_DIRS]
+        # a chain's rounds hold no chains, but a chain's folder can hold a sweep's chains (the same run_name
+        # run once alone, then swept: outputs/train/x/ and outputs/train/x/seed=0/)
+        dirs[:] = [
+            d for d in dirs if not d.startswith(".") and d not in _SKIP_DIRS and not _ROUND.fullmatch(d)
+        ]
     return sorted(found, key=lambda p: _natural_key(p.relative_to(root).as_posix()))
 
 
@@ -503,12 +507,6 @@ def _rounds(summary: SeedSummary, subset: str) -> list[int]:
     return sorted({r.round for r in summary.rows if r.subset == subset})
 
 
-def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def _subset_title(subset: str) -> str:
     return f"{POOL_SUBSET} (the pool's pseudo-labels)" if subset == POOL_SUBSET else subset
 
@@ -522,7 +520,7 @@ def seed_markdown(summary: SeedSummary) -> str:
         "Chains that differ only in `seed` form a variant. Each cell: mean ± sample std (ddof=1) over seeds, "
         "(n) = seeds with that round finished; NME and FR in %, AUC as a fraction.",
         "",
-        _markdown_table(
+        markdown_table(
             ["variant", "seeds", "rounds", "chains"],
             [
                 [
@@ -548,7 +546,7 @@ def seed_markdown(summary: SeedSummary) -> str:
             + [format_mean_std(index.get((label, k, subset, primary))) for label in labels]
             for k in rounds
         ]
-        lines += [_markdown_table(["round", "task", *labels], body), "", "Every metric:", ""]
+        lines += [markdown_table(["round", "task", *labels], body), "", "Every metric:", ""]
         keys = summary.metrics[subset]
         body = []
         for k in rounds:
@@ -557,7 +555,7 @@ def seed_markdown(summary: SeedSummary) -> str:
                 task = next((c.task for c in cells if c is not None), None)
                 if task is not None:
                     body.append([str(k), variant.label, task] + [format_mean_std(c) for c in cells])
-        lines += [_markdown_table(["round", "variant", "task", *map(metric_header, keys)], body), ""]
+        lines += [markdown_table(["round", "variant", "task", *map(metric_header, keys)], body), ""]
     seeds = summary.seeds
     lines += ["## Each seed's values", ""]
     body = [
@@ -566,7 +564,7 @@ def seed_markdown(summary: SeedSummary) -> str:
         for r in summary.rows
     ]
     lines += [
-        _markdown_table(["variant", "round", "task", "subset", "metric", *(f"seed {s}" for s in seeds)], body)
+        markdown_table(["variant", "round", "task", "subset", "metric", *(f"seed {s}" for s in seeds)], body)
     ]
     return "\n".join(lines) + "\n"
 
@@ -604,22 +602,6 @@ def long_rows(summary: SeedSummary, seeds: Sequence[str] | None = None) -> list[
 # ----------------------------------------------------------------------------------------------- files
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """``write(temp)`` to a temporary name in ``path``'s folder, then ``os.replace`` it onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def _write_text(path: Path, text: str) -> Path:
-    return _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8", newline="\n"))
-
-
 def plot_seed_summary(summary: SeedSummary, path: str | os.PathLike[str]) -> Path:
     """``seeds.png``: per test subset, the primary NME (%) per round, one line per variant, ± std band."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -653,15 +635,15 @@ def plot_seed_summary(summary: SeedSummary, path: str | os.PathLike[str]) -> Pat
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="small")
     path = Path(path)
-    return _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
 
 
 def write_seed_summary(summary: SeedSummary, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
     """Write ``seeds.md``, ``seeds.csv`` and ``seeds.png`` into ``out_dir`` (each atomically)."""
     out = Path(out_dir)
     return {
-        "md": _write_text(out / SEEDS_MD, seed_markdown(summary)),
-        "csv": _write_text(out / SEEDS_CSV, seed_csv(summary)),
+        "md": atomic_write_text(out / SEEDS_MD, seed_markdown(summary)),
+        "csv": atomic_write_text(out / SEEDS_CSV, seed_csv(summary)),
         "png": plot_seed_summary(summary, out / SEEDS_PNG),
     }
 

@@ -25,8 +25,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipnet_lit.datasets.cache import atomic_write_text, read_manifest, write_manifest
 from pipnet_lit.datasets.pseudo_labels import read_pseudo_label_manifest, write_pseudo_labels
+from pipnet_lit.files import atomic_write_text, read_json_object, write_json_atomic
 from pipnet_lit.jobs import Job, build_job, closing_loggers, fit_and_test, load_trained_model
 from pipnet_lit.reporting import format_metric, tested_results
 from pipnet_lit.ssl.chain_config import check_chain_config, defining_config
@@ -37,13 +37,15 @@ from pipnet_lit.ssl.layout import (
     default_checkpoint,
     done_path,
     manifest_path,
+    mark_done,
     pseudo_label_dir,
     read_done,
-    read_json_object,
     recorded_checkpoint,
     relative_to_round,
     round_dir,
     round_state,
+    weights_checkpoint,
+    write_round_manifest,
 )
 from pipnet_lit.ssl.pseudo_labels import file_sha256, merged_with_scores, predict_pool, select_confident
 
@@ -51,6 +53,8 @@ TASK_NAMES = ("std", "cls2", "cls3")
 DIAGNOSTICS_JSON = "diagnostics.json"
 DIAGNOSTICS_MD = "diagnostics.md"
 DIAGNOSTICS_PNG = "confidence_vs_error.png"
+#: Written by rank 0 when making the pseudo-labels failed, so that waiting processes stop.
+FAILED_NAME = "failed.json"
 
 
 def check_schedule(schedule: Any) -> list[str]:
@@ -140,22 +144,22 @@ def run_round(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
                 "checkpoints on (trainer.enable_checkpointing=true) and run the same command again"
             )
         results = tested_results(job.model, job.trainer)
-        write_manifest(
-            manifest_path(out),
+        write_round_manifest(
+            out,
             {
                 "chain": str(cfg.ssl.get("chain") or chain.name),
                 "read": read,
                 "wrote": {
                     "checkpoint": relative_to_round(out, ckpt),
                     "checkpoint_sha256": file_sha256(ckpt) if ckpt.is_file() else None,
-                    "test_metrics": str(out / "test_metrics.json"),
+                    "test_metrics": "test_metrics.json",
                 },
                 "train_faces": len(datamodule.train_set) if datamodule.train_set is not None else 0,
                 "pseudo_label_diagnostics": _summary(diagnostics),
             },
         )
-        write_manifest(
-            done_path(out),
+        mark_done(
+            out,
             {
                 "round": k,
                 "task": task,
@@ -172,12 +176,16 @@ def run_round(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def _final_model(job: Job, out: Path) -> Path:
-    """The round's final model, ``checkpoints/last.ckpt``. A run that saved none (``+debug=fast``, where
-    Lightning writes no checkpoint) saves its weights there, so the next round has a model to start from."""
+    """The round's final model: ``checkpoints/last.ckpt``. A run that saved none (``+debug=fast``, where
+    Lightning writes no checkpoint) saves its weights to ``checkpoints/final_weights.ckpt`` so the next
+    round has a model to start from. Rank 0 decides for every process (the save is collective)."""
     ckpt = default_checkpoint(out)
-    if not ckpt.is_file() and job.cfg.get("train", True):
-        job.trainer.save_checkpoint(ckpt, weights_only=True)
-    return ckpt
+    missing = job.trainer.strategy.broadcast(not ckpt.is_file(), src=0)
+    if not missing or not job.cfg.get("train", True):
+        return ckpt
+    weights = weights_checkpoint(out)
+    job.trainer.save_checkpoint(weights, weights_only=True)
+    return weights
 
 
 def pseudo_label_key(cfg: DictConfig, checkpoint_sha256: str, pool: str, task: str) -> dict[str, Any]:
@@ -238,7 +246,12 @@ def _pseudo_labels(
     if job.trainer.global_rank != 0:
         _wait_for(folder, key)
         return folder, read, read_json_object(folder / DIAGNOSTICS_JSON)
-    diagnostics = _make_pseudo_labels(cfg, job, pool_dm, checkpoint, folder, k, task, key)
+    (folder / FAILED_NAME).unlink(missing_ok=True)
+    try:
+        diagnostics = _make_pseudo_labels(cfg, job, pool_dm, checkpoint, folder, k, task, key)
+    except BaseException as err:  # the other processes stop waiting and say why
+        write_json_atomic(folder / FAILED_NAME, {"key": key, "error": f"{type(err).__name__}: {err}"})
+        raise
     return folder, read, diagnostics
 
 
@@ -310,14 +323,15 @@ def _diagnose(
     top_fraction: float | None,
 ) -> dict[str, Any] | None:
     """Score the pseudo-labels against the pool's true landmarks, when it has them (None otherwise)."""
-    from pipnet_lit.datasets.meta import SCHEME_NORMS
+    from pipnet_lit.datasets.meta import CROP_NORMS, SCHEME_NORMS
     from pipnet_lit.ssl.diagnostics import pseudo_label_diagnostics
 
     truth = pool_dm.unlabeled_truth()
     if truth is None:
         return None
     spec = pool_dm.meta.metrics[0]
-    norm = spec.norm if spec.norm in SCHEME_NORMS or spec.norm in ("none", "bbox", "diag") else "none"
+    # box norms need the source-image box, which crops no longer carry: crop-normalized error instead
+    norm = spec.norm if spec.norm in SCHEME_NORMS + CROP_NORMS else "none"
     hp = module.hparams
     return pseudo_label_diagnostics(
         landmarks,
@@ -338,7 +352,7 @@ def _write_diagnostics(folder: Path, diagnostics: dict[str, Any], k: int) -> Non
     from pipnet_lit.ssl.diagnostics import diagnostics_markdown, plot_confidence_vs_error
 
     folder.mkdir(parents=True, exist_ok=True)
-    write_manifest(folder / DIAGNOSTICS_JSON, diagnostics)
+    write_json_atomic(folder / DIAGNOSTICS_JSON, diagnostics)
     (folder / DIAGNOSTICS_MD).write_text(
         diagnostics_markdown(diagnostics, title=f"Round {k} pseudo-labels against the pool's true landmarks")
         + "\n",
@@ -367,13 +381,17 @@ def _log_diagnostics(job: Job, folder: Path, diagnostics: dict[str, Any] | None)
             logger.log_image(key="pseudo_labels/confidence_vs_error", images=[str(png)], step=0)
 
 
-def _wait_for(folder: Path, key: dict[str, Any], timeout: float = 3600.0) -> Path:
+def _wait_for(folder: Path, key: dict[str, Any], timeout: float = 3600.0, poll: float = 2.0) -> Path:
+    """Wait (another process than rank 0) until rank 0 has written pseudo-labels with ``key``, or failed."""
     start = time.time()
     while time.time() - start < timeout:
         found = read_pseudo_label_manifest(folder)
         if found is not None and found.get("key") == key:
             return folder
-        time.sleep(2.0)
+        failed = read_json_object(folder / FAILED_NAME)
+        if failed is not None and failed.get("key") == key:
+            raise RuntimeError(f"rank 0 failed to make the pseudo-labels {folder}: {failed.get('error')}")
+        time.sleep(poll)
     raise TimeoutError(f"rank 0 did not write the pseudo-labels {folder} within {timeout:.0f} s")
 
 
@@ -397,7 +415,7 @@ def write_rounds_report(chain: Path, num_rounds: int) -> tuple[Path, Path]:
                 }
             )
     subsets = list(dict.fromkeys(s for row in rows for s in row["results"]))
-    write_manifest(chain / ROUNDS_JSON, {"chain": chain.name, "rounds": rows})
+    write_json_atomic(chain / ROUNDS_JSON, {"chain": chain.name, "rounds": rows})
     keys: list[str] = []
     for row in rows:
         for values in row["results"].values():
@@ -425,18 +443,10 @@ def write_rounds_report(chain: Path, num_rounds: int) -> tuple[Path, Path]:
             "correlation of confidence and error); the truth is never used for training or filtering.\n"
         )
         for row in rows:
-            md = round_dir(chain, row["round"]) / "pseudo_labels" / DIAGNOSTICS_MD
+            md = pseudo_label_dir(round_dir(chain, row["round"])) / DIAGNOSTICS_MD
             if row["pseudo_labels"] and md.is_file():
                 text += "\n" + md.read_text(encoding="utf-8")
     md_path = chain / ROUNDS_MD
     atomic_write_text(md_path, text)
     print(text)
     return chain / ROUNDS_JSON, md_path
-
-
-def load_rounds(chain: str | Path) -> dict[str, Any]:
-    """The chain's ``rounds.json``."""
-    found = read_manifest(Path(chain) / ROUNDS_JSON)
-    if found is None:
-        raise FileNotFoundError(f"{Path(chain) / ROUNDS_JSON} is missing or unreadable")
-    return found

@@ -18,7 +18,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipnet_lit.ssl.layout import CHAIN_CONFIG_NAME, read_json_object, write_json_atomic
+from pipnet_lit.files import read_json_object, write_json_atomic
+from pipnet_lit.ssl.layout import CHAIN_CONFIG_NAME
 
 #: Top-level keys that never define a chain.
 EXCLUDED_TOP = ("hydra", "paths", "ckpt_path", "run_name", "task_name", "tags", "logger")
@@ -131,6 +132,7 @@ def check_chain_config(
             "ssl.allow_config_change=true."
         )
     found["config"] = defining
+    found["schedule"] = list(schedule or found.get("schedule") or [])
     found.setdefault("changes", []).append(
         {"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "diff": [list(d) for d in diff]}
     )

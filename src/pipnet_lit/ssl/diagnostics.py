@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from pipnet_lit.files import atomic_write
 from pipnet_lit.metrics.functional import IndexSpec, fr_auc, nme, normalization
 from pipnet_lit.pip.targets import COARSE_FACTORS, TASKS, _cells
+from pipnet_lit.reporting import markdown_table
 from pipnet_lit.ssl.pseudo_labels import select_confident
 
 #: Pooling factor of the grid each curriculum task supervises, in `TASKS` order (std, cls2, cls3).
@@ -303,12 +304,6 @@ def _corr(value: float | None) -> str:
     return "-" if value is None else f"{value:+.3f}"
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def diagnostics_markdown(diag: dict[str, Any], title: str = "") -> str:
     """A short Markdown block of `pseudo_label_diagnostics`: a summary line, a confidence-bin table and a
     selection table. NME, FR and cell hits in percent with 2 decimals."""
@@ -322,7 +317,7 @@ def diagnostics_markdown(diag: dict[str, Any], title: str = "") -> str:
     )
     if "landmark_confidence_spearman" in diag:
         summary += f", per landmark {_corr(diag['landmark_confidence_spearman'])}"
-    bins = _table(
+    bins = markdown_table(
         ["score range", "mean score", "faces", "NME %", "FR %"],
         [
             [
@@ -335,7 +330,7 @@ def diagnostics_markdown(diag: dict[str, Any], title: str = "") -> str:
             for b in diag["confidence_bins"]
         ],
     )
-    selection = _table(
+    selection = markdown_table(
         ["filter", "kept", "kept %", "NME %", "FR %"],
         [
             [
@@ -391,12 +386,4 @@ def plot_confidence_vs_error(diag: dict[str, Any], path: str | os.PathLike[str])
     )
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best", fontsize="small")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        fig.savefig(tmp, format="png", dpi=fig.dpi, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=fig.dpi, bbox_inches="tight"))

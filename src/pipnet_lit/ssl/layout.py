@@ -1,7 +1,7 @@
 """A self-training chain on disk: one definition of its folders and of "round done", for every reader.
 
-Standard library only: the chain sweeper (a Hydra plugin imported at every start-up), the chain's rounds
-and the reports read the same facts through this module::
+Standard library only (with `pipnet_lit.files`): the chain sweeper (a Hydra plugin imported at every
+start-up), the chain's rounds and the reports read the same facts through this module::
 
     <chain>/chain.json                  the config that defines the chain (chain_config.py)
     <chain>/rounds.json, rounds.md      the finished rounds' results
@@ -16,11 +16,12 @@ read is *damaged*: the round re-tests its own final model instead of blocking th
 
 from __future__ import annotations
 
-import json
 import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+
+from pipnet_lit.files import read_json_object, write_json_atomic
 
 CHAIN_CONFIG_NAME = "chain.json"
 DONE_NAME = "done.json"
@@ -58,29 +59,14 @@ def default_checkpoint(round_folder: str | os.PathLike[str]) -> Path:
     return Path(round_folder) / CHECKPOINTS_DIRNAME / LAST_CKPT_NAME
 
 
+def weights_checkpoint(round_folder: str | os.PathLike[str]) -> Path:
+    """Where a round that saved no checkpoint (a fast_dev_run) leaves its weights for the next round:
+    ``checkpoints/final_weights.ckpt`` (not ``last.ckpt``, which a resumed round would try to restore)."""
+    return Path(round_folder) / CHECKPOINTS_DIRNAME / "final_weights.ckpt"
+
+
 def pseudo_label_dir(round_folder: str | os.PathLike[str]) -> Path:
     return Path(round_folder) / PSEUDO_LABELS_DIRNAME
-
-
-def read_json_object(path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The JSON object in ``path``; None when the file is missing, unreadable or not a JSON object."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):  # missing, a folder, cut short, not UTF-8, not JSON
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def write_json_atomic(path: str | os.PathLike[str], data: dict[str, Any]) -> Path:
-    """Write ``data`` as JSON through a temporary file in the same folder and ``os.replace``: a kill
-    leaves the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8", newline="\n")
-    os.replace(tmp, path)
-    return path
 
 
 def round_state(round_folder: str | os.PathLike[str]) -> RoundState:
@@ -101,6 +87,16 @@ def read_done(round_folder: str | os.PathLike[str]) -> dict[str, Any] | None:
     return read_json_object(done_path(round_folder))
 
 
+def mark_done(round_folder: str | os.PathLike[str], record: dict[str, Any]) -> Path:
+    """Write the round's ``done.json`` atomically: the last thing a round writes."""
+    return write_json_atomic(done_path(round_folder), record)
+
+
+def write_round_manifest(round_folder: str | os.PathLike[str], manifest: dict[str, Any]) -> Path:
+    """Write what the round read and wrote (``manifest.json``) atomically."""
+    return write_json_atomic(manifest_path(round_folder), manifest)
+
+
 def recorded_checkpoint(round_folder: str | os.PathLike[str]) -> Path:
     """The final model a finished round recorded in its manifest (``wrote.checkpoint``; a relative path is
     relative to the round folder, so a chain moved elsewhere still finds it); the default
@@ -111,7 +107,11 @@ def recorded_checkpoint(round_folder: str | os.PathLike[str]) -> Path:
     if not found:
         return default_checkpoint(round_folder)
     path = Path(found)
-    return path if path.is_absolute() else Path(round_folder) / path
+    if not path.is_absolute():
+        return Path(round_folder) / path
+    if not path.exists() and default_checkpoint(round_folder).exists():  # an older chain, moved
+        return default_checkpoint(round_folder)
+    return path
 
 
 def relative_to_round(round_folder: str | os.PathLike[str], path: str | os.PathLike[str]) -> str:
