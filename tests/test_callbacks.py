@@ -393,14 +393,14 @@ def test_eval_runs_the_network_once_and_writes_the_same_predictions_csv(synth, t
                     )
 
     forwards = []
-    load = evaluation.load_module
+    load = evaluation.load_trained_model
 
     def counting_load(path):
         model = load(path)
         model.net.register_forward_hook(lambda *args: forwards.append(1))
         return model
 
-    monkeypatch.setattr(evaluation, "load_module", counting_load)
+    monkeypatch.setattr(evaluation, "load_trained_model", counting_load)
     preds = tmp_path / "preds.csv"
     overrides = [
         f"ckpt_path={ckpt}", f"data.root={synth.parent}", f"data.cache_dir={tmp_path / 'cache'}",

@@ -392,9 +392,9 @@ def test_from_checkpoint_equals_the_lightning_module(tmp_path: Path) -> None:
     saved = predictor.save(tmp_path / "copy.ckpt", dataset="300w", note="test")
     again = Predictor.from_checkpoint(saved)
     torch.testing.assert_close(again.crops(crops).landmarks, got.landmarks, atol=0, rtol=0)
-    from pipnet_lit.jobs import load_trained_model as load_module
+    from pipnet_lit.jobs import load_trained_model
 
-    loaded = load_module(saved).eval()
+    loaded = load_trained_model(saved).eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded.predict_landmarks(preprocess(crops)).float(), got.landmarks)
     info = torch.load(saved, weights_only=True)["pipnet_lit"]
