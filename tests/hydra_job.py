@@ -45,6 +45,17 @@ def compose_job(
     return cfg
 
 
+#: A tiny self-training chain's data and trainer (8 labeled faces, a pool of 6, 64 px): tests of chains
+#: add the schedule, epochs and the rest.
+TINY_SSL = [
+    "+experiment=synthetic_ssl",
+    "data.synthetic.n_train=8", "data.synthetic.n_common=3", "data.synthetic.n_challenge=1",
+    "data.synthetic.n_wild=6", "data.synthetic.n_wild_test=3", "data.synthetic.image_size=80",
+    "data.input_size=64", "data.batch_size=4", "data.eval_batch_size=8", "data.num_workers=0",
+    "callbacks.rich_progress_bar=null", "callbacks.model_summary=null",
+]  # fmt: skip
+
+
 def job_env(**extra: str) -> dict[str, str]:
     """Environment for a `python -m pipnet_lit...` subprocess: this one's, W&B offline, no albumentations
     update check, unbuffered output (a killed job's log is complete), plus `extra`."""

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from hydra_job import job_env
+from hydra_job import TINY_SSL, job_env
 from hydra_plugins.pipnet_lit_ssl.ssl_chain_sweeper import chain_name
 from pipnet_lit.datasets.pseudo_labels import read_pseudo_labels, write_pseudo_labels
 from pipnet_lit.ssl.chain import check_schedule, write_rounds_report
@@ -78,11 +78,7 @@ def test_rounds_report_table(tmp_path):
 def tiny_chain_command(*extra: str) -> list[str]:
     """Run from the working folder as a user does (no paths.root_dir: data/ and outputs/ land there)."""
     return [
-        sys.executable, "-m", "pipnet_lit.train", "+experiment=synthetic_ssl",
-        "data.synthetic.n_train=8", "data.synthetic.n_common=3", "data.synthetic.n_challenge=1",
-        "data.synthetic.n_wild=6", "data.synthetic.n_wild_test=3", "data.synthetic.image_size=80",
-        "data.input_size=64", "data.batch_size=4", "data.eval_batch_size=8", "data.num_workers=0",
-        "callbacks.rich_progress_bar=null", "callbacks.model_summary=null", "trainer.log_every_n_steps=1",
+        sys.executable, "-m", "pipnet_lit.train", *TINY_SSL, "trainer.log_every_n_steps=1",
         "trainer.check_val_every_n_epoch=1", *extra,
     ]  # fmt: skip
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hydra_job import compose_job
+from hydra_job import TINY_SSL, compose_job
 from pipnet_lit.datasets.cache import read_split
 from pipnet_lit.datasets.records import DataFormatError
 from pipnet_lit.ssl.chain_config import ChainConfigError, check_chain_config, config_diff, defining_config
@@ -29,14 +29,7 @@ from pipnet_lit.ssl.layout import (
 #: copies is trained once.
 pytestmark = pytest.mark.xdist_group("ssl_chain")
 
-TINY = [
-    "+experiment=synthetic_ssl",
-    "data.synthetic.n_train=8", "data.synthetic.n_common=3", "data.synthetic.n_challenge=1",
-    "data.synthetic.n_wild=6", "data.synthetic.n_wild_test=3", "data.synthetic.image_size=80",
-    "data.input_size=64", "data.batch_size=4", "data.eval_batch_size=8", "data.num_workers=0",
-    "callbacks.rich_progress_bar=null", "callbacks.model_summary=null", "trainer.max_epochs=1",
-    "ssl.schedule=[cls2]",
-]  # fmt: skip
+TINY = [*TINY_SSL, "trainer.max_epochs=1", "ssl.schedule=[cls2]"]
 
 
 def round_cfg(data: Path, chain: Path, k: int, *extra: str):
