@@ -88,6 +88,7 @@ def check_launch(trainer: Any) -> None:
 def run_round(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run (or skip, when done) round ``cfg.ssl.round`` of the chain in ``cfg.paths.output_dir``'s parent."""
     import lightning as L
+    from hydra.utils import instantiate
 
     k = int(cfg.ssl.round)
     schedule = check_schedule(cfg.ssl.schedule)
@@ -132,16 +133,14 @@ def run_round(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             read.update(read_extra)
             pseudo = {"folder": str(folder), "task": task}
             _log_diagnostics(job, folder, diagnostics)
-        from hydra.utils import instantiate
-
         datamodule = instantiate(cfg.data, load_unlabeled=k > 0, pseudo_labels=pseudo)
         metrics = fit_and_test(job, datamodule)
         ckpt = _final_model(job, out)
     if job.trainer.is_global_zero:
         if not ckpt.is_file() and k < len(schedule):
             raise RuntimeError(
-                f"round {k} left no model for round {k + 1} (no {ckpt}); it is not marked done. Train with "
-                "checkpoints on (trainer.enable_checkpointing=true) and run the same command again"
+                f"round {k} left no model for round {k + 1} (no {ckpt}), so it is not marked done: a round "
+                "of a chain trains (train=true); run the same command without train=false"
             )
         results = tested_results(job.model, job.trainer)
         write_round_manifest(
