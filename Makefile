@@ -8,11 +8,12 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 
 .PHONY: install test test-fast demo lint format bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch/torchvision pinned exactly: they come from local disk (a range would pull a multi-GB build)
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e ".[dev,sweep]"
+	# export: ONNX Runtime / OpenVINO / NNCF, so every export and runtime test runs (none is skipped on a CPU)
+	$(PY) -m pip install -q -e ".[dev,sweep,export]"
 	# MTCNN weights ship inside facenet-pytorch; its declared pins would replace torch, hence --no-deps
 	$(PY) -m pip install -q --no-deps facenet-pytorch==2.6.0
 	touch $(STAMP)
