@@ -1,4 +1,4 @@
-# SLURM defaults for `hydra/launcher=slurm` (pipnet_lit/conf/hydra/launcher/slurm.yaml); edit, then
+# SLURM defaults for `hydra/launcher=slurm` (conf/hydra/launcher/slurm.yaml); edit, then
 #   source experiments/slurm/env.sh
 # A command-line override (hydra.launcher.partition=...) still wins over these.
 export PIPNET_SLURM_PARTITION=gpu        # sbatch --partition

@@ -9,9 +9,23 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-#: The Hydra config groups, shipped inside the package (so a non-editable install and a job started in any
-#: folder, e.g. a SLURM job, find them).
-CONFIG_DIR = Path(__file__).resolve().parent / "conf"
+
+def find_config_dir() -> Path:
+    """The Hydra config tree: ``conf/`` at the repository root.
+
+    A wheel (``pip install .``) carries it as ``pipnet_lit/conf`` (setup.py copies it there at build time),
+    so an install and a job started in any folder (a SLURM job) find it; a source checkout or an editable
+    install reads the root folder itself. Each config exists once in git, at the root.
+    """
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parents[1] / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return candidate
+    return here.parents[1] / "conf"
+
+
+#: The config folder (see `find_config_dir`).
+CONFIG_DIR = find_config_dir()
 
 
 def _num_landmarks(meta: str) -> int:
@@ -44,8 +58,9 @@ def register_resolvers() -> None:
 def check_config_dir() -> str:
     if not (CONFIG_DIR / "train.yaml").is_file():
         raise FileNotFoundError(
-            f"Hydra configs not found at {CONFIG_DIR}: the installed pipnet_lit package is incomplete "
-            "(reinstall it; the configs ship as package data under pipnet_lit/conf/)"
+            f"Hydra configs not found at {CONFIG_DIR}: a checkout has them in conf/ at its root, and a "
+            "wheel carries them as pipnet_lit/conf/; reinstall the package (pip install .) from a complete "
+            "checkout"
         )
     return str(CONFIG_DIR)
 
