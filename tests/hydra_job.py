@@ -49,8 +49,9 @@ def compose_job(
 #: add the schedule, epochs and the rest.
 TINY_SSL = [
     "+experiment=synthetic_ssl",
-    "data.synthetic.n_train=8", "data.synthetic.n_common=3", "data.synthetic.n_challenge=1",
-    "data.synthetic.n_wild=6", "data.synthetic.n_wild_test=3", "data.synthetic.image_size=80",
+    "data.sources.synthetic_ssl.n_train=8", "data.sources.synthetic_ssl.n_common=3",
+    "data.sources.synthetic_ssl.n_challenge=1", "data.sources.synthetic_ssl.n_wild=6",
+    "data.sources.synthetic_ssl.n_wild_test=3", "data.sources.synthetic_ssl.image_size=80",
     "data.input_size=64", "data.batch_size=4", "data.eval_batch_size=8", "data.num_workers=0",
     "callbacks.rich_progress_bar=null", "callbacks.model_summary=null",
 ]  # fmt: skip

@@ -490,11 +490,12 @@ def test_jobs_sharing_a_data_folder_prepare_it_one_at_a_time(tmp_path):
 
     from pipnet_lit.datasets.cache import exclusive_lock
     from pipnet_lit.datasets.datamodule import LandmarkDataModule
+    from pipnet_lit.synthetic import SyntheticFaces
 
+    faces = SyntheticFaces(n_train=2, n_common=1, n_challenge=1, n_wild=0, image_size=64, seed=0)
     dm = LandmarkDataModule(
         meta="synthetic", root=str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"), input_size=64,
-        num_workers=0, load_unlabeled=False,
-        synthetic=dict(n_train=2, n_common=1, n_challenge=1, n_wild=0, image_size=64, seed=0),
+        num_workers=0, load_unlabeled=False, sources={"synthetic": faces},
     )  # fmt: skip
     done = threading.Event()
     with exclusive_lock(tmp_path / "cache" / ".prepare.lock"):  # another job is preparing

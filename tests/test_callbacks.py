@@ -32,7 +32,7 @@ from pipnet_lit.datasets.datamodule import LandmarkDataModule
 from pipnet_lit.lit_module import EvalResults, PIPNetModule
 from pipnet_lit.metrics.functional import ced_curve, fr_auc, nme
 from pipnet_lit.pip import decode_details
-from pipnet_lit.reporting import read_per_image_results, results_from_metrics
+from pipnet_lit.run_results import read_per_image_results, results_from_metrics
 from pipnet_lit.synthetic import generate_dataset
 
 REPO = Path(__file__).parents[1]
@@ -73,7 +73,7 @@ def tiny_overrides(root: Path, workdir: Path) -> list[str]:
     return [
         "+experiment=synthetic", f"data.root={root.parent}", f"data.cache_dir={workdir / 'cache'}",
         "data.input_size=64", "data.batch_size=2", "data.eval_batch_size=16", "data.num_workers=0",
-        "data.synthetic=null", "model.pretrained=false", "callbacks.rich_progress_bar=null",
+        "data.sources.synthetic=null", "model.pretrained=false", "callbacks.rich_progress_bar=null",
         "callbacks.model_summary=null",
     ]  # fmt: skip
 
@@ -404,7 +404,8 @@ def test_eval_runs_the_network_once_and_writes_the_same_predictions_csv(synth, t
     preds = tmp_path / "preds.csv"
     overrides = [
         f"ckpt_path={ckpt}", f"data.root={synth.parent}", f"data.cache_dir={tmp_path / 'cache'}",
-        "data.num_workers=0", "data.synthetic=null", "data.eval_batch_size=2", f"predictions_csv={preds}",
+        "data.num_workers=0", "data.sources.synthetic=null", "data.eval_batch_size=2",
+        f"predictions_csv={preds}",
         "trainer.accelerator=cpu",
     ]  # fmt: skip
     overrides.append("callbacks.rich_progress_bar=null")  # eval's own callbacks group: callbacks/eval.yaml
@@ -449,25 +450,6 @@ def test_ddp_per_image_results_equal_single_process(synth, tmp_path):
         assert tables[2][subset].names == tables[1][subset].names  # every image once, in dataset order
         for key in ("nme_io", "nme_ip"):
             np.testing.assert_allclose(tables[2][subset].nmes[key], tables[1][subset].nmes[key], rtol=1e-6)
-
-
-def test_a_single_image_loader_gives_one_row():
-    """A loader of one image (e.g. a 1-image val split) gathers 0-d states: still one row, not an error."""
-    import torch
-
-    from pipnet_lit.lit_module import _loader_results
-
-    state = {
-        "index": torch.tensor(3),
-        "crop": torch.arange(4, dtype=torch.float64),
-        "pixels": torch.arange(4, dtype=torch.float64) * 10,
-        "score": torch.tensor([0.5, 0.25]),
-        "nme0": torch.tensor(0.125),
-    }
-    out = _loader_results(state, num_landmarks=2, keys=["nme_io"], names=["a", "b", "c", "d"])
-    assert out.names == ["d"] and out.indices.tolist() == [3]
-    assert out.landmarks_crop.shape == (1, 2, 2) and out.landmarks[0, 1].tolist() == [20.0, 30.0]
-    assert out.nmes["nme_io"].tolist() == [0.125]
 
 
 def test_results_from_logged_metrics():

@@ -18,20 +18,17 @@ import numpy as np
 import pytest
 import torch
 
+from pipnet_lit.cli import UsageError
 from pipnet_lit.datasets.transforms import build_eval_transform
 from pipnet_lit.export import (
-    LandmarkGraph,
-    calibration_crops,
-    default_out,
-    export,
     export_onnx,
     export_openvino,
     export_torchscript,
-    main,
-    parse_args,
     quantize_onnx,
     read_onnx_metadata,
 )
+from pipnet_lit.export.command import calibration_crops, default_out, export, main, parse_args
+from pipnet_lit.landmark_graph import LandmarkGraph
 from pipnet_lit.metrics.functional import nme
 from pipnet_lit.models import PIPNet
 from pipnet_lit.pip import build_neighbors, compute_meanface, decode, encode_targets, pip_loss
@@ -299,11 +296,11 @@ def test_calibration_crops_from_a_data_config_are_training_crops(tmp_path):
     overrides = [
         f"data.root={tmp_path}",
         f"data.cache_dir={tmp_path / 'cache'}",
-        "data.synthetic.n_train=4",
-        "data.synthetic.n_common=1",
-        "data.synthetic.n_challenge=1",
-        "data.synthetic.n_wild=1",
-        "data.synthetic.image_size=96",
+        "data.sources.synthetic.n_train=4",
+        "data.sources.synthetic.n_common=1",
+        "data.sources.synthetic.n_challenge=1",
+        "data.sources.synthetic.n_wild=1",
+        "data.sources.synthetic.image_size=96",
         "data.num_workers=0",
         "data.prepare_workers=1",
     ]
@@ -346,20 +343,29 @@ def save_checkpoint(graph: LandmarkGraph, path: Path) -> Path:
 def test_parse_args_and_argument_errors(tmp_path):
     kwargs = parse_args(["ckpt=a.ckpt", "format=openvino", "quantize=int8", "calibrate=synthetic", "n=7"])
     assert kwargs == {
-        "data_overrides": [],
         "ckpt": "a.ckpt",
         "format": "openvino",
+        "out": None,
         "quantize": "int8",
         "calibrate": "synthetic",
         "n": 7,
+        "seed": 0,
+        "opset": 18,
+        "data_overrides": [],
     }
-    assert parse_args(["ckpt=a", "data.root=/data"])["data_overrides"] == ["data.root=/data"]
-    with pytest.raises(ValueError, match="unknown argument 'bogus'"):
+    assert parse_args(["ckpt=a", "data.root=/data", "+data.x=1"])["data_overrides"] == [
+        "data.root=/data",
+        "+data.x=1",
+    ]
+    with pytest.raises(UsageError, match="unknown option 'bogus'"):
         parse_args(["ckpt=a", "bogus=1"])
-    with pytest.raises(ValueError, match="ckpt=PATH is required"):
+    with pytest.raises(UsageError, match="missing required argument: ckpt=TEXT"):
         parse_args(["format=onnx"])
-    with pytest.raises(SystemExit, match="not key=value"):
-        main(["ckpt"])
+    with pytest.raises(UsageError, match="bad value for format: 'tflite'"):
+        parse_args(["ckpt=a", "format=tflite"])
+    with pytest.raises(SystemExit) as stop:
+        main(["format=onnx"])
+    assert stop.value.code == 2
     with pytest.raises(ValueError, match="format=onnx.*or format=openvino"):
         export("a.ckpt", format="torchscript", quantize="int8", calibrate="x")
     with pytest.raises(ValueError, match="needs calibration crops"):
@@ -410,11 +416,11 @@ def test_bench_inference_quick_writes_ratios_and_accuracy(trained, tmp_path, mon
     data = [
         f"data.root={tmp_path}",
         f"data.cache_dir={tmp_path / 'cache'}",
-        "data.synthetic.n_train=4",
-        "data.synthetic.n_common=2",
-        "data.synthetic.n_challenge=2",
-        "data.synthetic.n_wild=1",
-        "data.synthetic.image_size=96",
+        "data.sources.synthetic.n_train=4",
+        "data.sources.synthetic.n_common=2",
+        "data.sources.synthetic.n_challenge=2",
+        "data.sources.synthetic.n_wild=1",
+        "data.sources.synthetic.image_size=96",
         "data.num_workers=0",
         "data.prepare_workers=1",
     ]

@@ -15,6 +15,7 @@ from PIL import Image
 from torch import nn
 
 from hydra_job import compose_job
+from pipnet_lit.convert import describe_official_weights, read_official_meanface
 from pipnet_lit.datasets.geometry import CropBox, box_from_points_300w, crop_and_resize, normalize_points
 from pipnet_lit.datasets.transforms import build_eval_transform
 from pipnet_lit.inference import (
@@ -23,10 +24,8 @@ from pipnet_lit.inference import (
     ImageReadError,
     Predictor,
     crop_faces,
-    describe_official_weights,
     load_image,
     preprocess,
-    read_official_meanface,
     uncrop,
 )
 from pipnet_lit.models import PIPNet
@@ -140,7 +139,7 @@ def test_predictor_round_trip_on_a_synthetic_face_to_1e4_px() -> None:
     assert norm.min() > 0 and norm.max() < 1  # the landmarks are inside both crops
     meanface = _meanface()
     net = _TargetNet(norm, meanface, grid=size // 32)
-    predictor = Predictor(net, meanface, num_nb=NB, input_size=size)
+    predictor = Predictor.from_network(net, meanface, num_nb=NB, input_size=size)
     boxes = [[box_a.x0, box_a.y0, box_a.x1, box_a.y1], [box_b.x0, box_b.y0, box_b.x1, box_b.y1]]
     faces = predictor(image, boxes)
     assert len(faces) == 2 and faces.landmarks.shape == (2, L, 2) and faces.scores.shape == (2, L)
@@ -160,7 +159,7 @@ def test_predictor_input_forms_and_batching(tmp_path: Path) -> None:
     box = box_from_points_300w(points, 96, 96)
     norm = np.repeat(normalize_points(points, box)[None], 5, axis=0)
     net = _TargetNet(norm, _meanface(), grid=2)
-    predictor = Predictor(net, _meanface(), num_nb=NB, input_size=64, batch_size=2)
+    predictor = Predictor.from_network(net, _meanface(), num_nb=NB, input_size=64, batch_size=2)
     path = tmp_path / "face.png"
     cv2.imwrite(str(path), image)
     boxes = [[box.x0, box.y0, box.x1, box.y1]] * 5
@@ -487,4 +486,4 @@ def test_convert_refuses_a_dataset_with_another_landmark_count(
     assert "predicts 68 landmarks but data=wflw" in err and "98" in err
     assert not (tmp_path / "x.ckpt").exists()
     assert convert_main(["official=a.pth"]) == 2
-    assert "missing meanface=..., data=..., out=..." in capsys.readouterr().err
+    assert "missing required arguments: meanface=TEXT, data=TEXT, out=TEXT" in capsys.readouterr().err

@@ -39,8 +39,9 @@ TRAINERS: dict[str, dict[str, Any]] = {
 #: Tiny synthetic data for the multiruns (the jobs find it prepared: see `_prepare`).
 TINY = [
     "+experiment=synthetic",
-    "data.synthetic.n_train=8", "data.synthetic.n_common=3", "data.synthetic.n_challenge=2",
-    "data.synthetic.n_wild=0", "data.synthetic.image_size=80", "data.load_unlabeled=false",
+    "data.sources.synthetic.n_train=8", "data.sources.synthetic.n_common=3",
+    "data.sources.synthetic.n_challenge=2", "data.sources.synthetic.n_wild=0",
+    "data.sources.synthetic.image_size=80", "data.load_unlabeled=false",
     "data.input_size=64", "data.batch_size=2", "data.eval_batch_size=16", "data.num_workers=0",
     "model.pretrained=false", "callbacks.rich_progress_bar=null", "callbacks.model_summary=null",
 ]  # fmt: skip
@@ -255,7 +256,7 @@ def test_ddp_sim_trains_and_tests_like_one_process(tmp_path):
     process-wide state). It tests the 1-process run's last.ckpt: every image is scored once and the
     per-image NMEs gathered, so its per-image results (written by rank 0) give the 1-process NMEs exactly.
     """
-    from pipnet_lit.reporting import read_per_image_results
+    from pipnet_lit.run_results import read_per_image_results
     from pipnet_lit.train import train
 
     cfg = compose_job("train", [*TINY, "trainer=cpu", "trainer.max_epochs=1", "run_name=one"], tmp_path)

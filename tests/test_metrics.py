@@ -1,4 +1,7 @@
-"""NME normalizations, FR/AUC vs a numpy re-implementation of official compute_fr_and_auc, torchmetrics."""
+"""NME normalizations, FR/AUC vs a numpy re-implementation of official compute_fr_and_auc, box sizes.
+
+Collecting per-image NMEs over a pass and over DDP ranks: ``test_evaluation.py``.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ import torch
 from scipy.integrate import simpson as scipy_simpson
 
 from pipnet_lit.datasets.meta import load_landmark_scheme
-from pipnet_lit.metrics import AUC, NME, FailureRate, LandmarkMetrics, fr_auc, nme
+from pipnet_lit.metrics import fr_auc, nme
 from pipnet_lit.metrics.functional import ced_curve, simpson
 
 IO68 = ((36,), (45,))
@@ -197,85 +200,6 @@ def test_fr_auc_errors():
         fr_auc([])
     with pytest.raises(ValueError, match="positive"):
         fr_auc([0.1], threshold=0.0)
-
-
-# ---------------------------------------------------------------------------------------------- torchmetrics
-
-
-def batches(seed: int = 0, n: int = 4):
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for k in range(n):
-        gt = torch.rand(3 + k, 68, 2, generator=gen)
-        pred = gt + torch.randn(gt.shape, generator=gen) * 0.01 * (k + 1)
-        out.append((pred, gt))
-    return out
-
-
-def test_landmark_metrics_equal_functional_on_concatenation():
-    data = batches()
-    metric = LandmarkMetrics(threshold=0.08, norm_indices=IO68)
-    for pred, gt in data:
-        metric.update(pred, gt)
-    pred = torch.cat([p for p, _ in data])
-    gt = torch.cat([g for _, g in data])
-    expected = nme(pred, gt, "inter_ocular", norm_indices=IO68)
-    torch.testing.assert_close(metric.per_sample(), expected)
-    fr, auc = fr_auc(expected, 0.08)
-    out = metric.compute()
-    assert set(out) == {"nme", "fr@0.08", "auc@0.08"}
-    assert out["nme"].item() == pytest.approx(expected.mean().item(), abs=1e-12)
-    assert out["fr@0.08"].item() == pytest.approx(fr, abs=1e-12) and 0 < fr < 1
-    assert out["auc@0.08"].item() == pytest.approx(auc, abs=1e-12)
-    single = [NME(norm_indices=IO68), FailureRate(0.08, norm_indices=IO68), AUC(0.08, norm_indices=IO68)]
-    for m in single:
-        for p, g in data:
-            m.update(p, g)
-    assert [m.compute().item() for m in single] == pytest.approx([out["nme"].item(), fr, auc], abs=1e-12)
-
-
-@pytest.mark.filterwarnings("ignore:The ``compute`` method")
-def test_reset_norm_values_and_norm_config():
-    metric = LandmarkMetrics(norm="bbox")
-    pred, gt = batches()[0]
-    metric.update(pred, gt)
-    metric.reset()
-    with pytest.raises(RuntimeError, match="no samples"):
-        metric.compute()
-    metric.update(pred, gt)
-    torch.testing.assert_close(metric.per_sample(), nme(pred, gt, "bbox"))
-    nm = NME(norm_indices=IO68)
-    norms = torch.full((pred.shape[0],), 0.5)
-    nm.update(pred, gt, norms)
-    torch.testing.assert_close(nm.per_sample(), nme(pred, gt, "none") * 2)
-    pupil = NME(norm="inter_pupil", norm_indices=IP68)
-    pupil.update(pred, gt)
-    torch.testing.assert_close(pupil.per_sample(), nme(pred, gt, "inter_pupil", norm_indices=IP68))
-
-
-@pytest.mark.filterwarnings("ignore:The ``compute`` method")  # merge_state does not count as update
-def test_two_process_merge_equals_single_process():
-    data = batches(seed=3, n=6)
-    single = LandmarkMetrics(norm_indices=IO68)
-    rank0, rank1 = LandmarkMetrics(norm_indices=IO68), LandmarkMetrics(norm_indices=IO68)
-    for k, (pred, gt) in enumerate(data):
-        single.update(pred, gt)
-        (rank0 if k % 2 == 0 else rank1).update(pred, gt)
-    expected = single.compute()
-
-    merged = LandmarkMetrics(norm_indices=IO68)
-    merged.merge_state(rank0)
-    merged.merge_state(rank1)
-    got = merged.compute()
-    assert got.keys() == expected.keys()
-    for key in expected:
-        assert got[key].item() == pytest.approx(expected[key].item(), abs=1e-12)
-
-    # what a DDP sync leaves behind: the state as one concatenated tensor
-    gathered = LandmarkMetrics(norm_indices=IO68)
-    gathered.nmes = torch.cat([rank0.per_sample(), rank1.per_sample()])
-    for key, value in gathered.compute().items():
-        assert value.item() == pytest.approx(expected[key].item(), abs=1e-12)
 
 
 def test_box_sizes_hand_computed():

@@ -341,8 +341,9 @@ def _command(*extra: str) -> list[str]:
     """Run from the working folder as a user does (no paths.root_dir: data/ and outputs/ land there)."""
     return [
         sys.executable, "-m", "pipnet_lit.train", "+experiment=synthetic", "hparams_search=pipnet_optuna",
-        "run_name=tiny", "data.synthetic.n_train=20", "data.synthetic.n_common=2",
-        "data.synthetic.n_challenge=1", "data.synthetic.n_wild=1", "data.synthetic.image_size=80",
+        "run_name=tiny", "data.sources.synthetic.n_train=20", "data.sources.synthetic.n_common=2",
+        "data.sources.synthetic.n_challenge=1", "data.sources.synthetic.n_wild=1",
+        "data.sources.synthetic.image_size=80",
         "data.input_size=64", "data.batch_size=2", "data.eval_batch_size=4", "data.num_workers=0",
         "trainer.max_epochs=1", "+trainer.limit_train_batches=2", "trainer.log_every_n_steps=1",
         "callbacks.rich_progress_bar=null", "callbacks.model_summary=null", *extra,

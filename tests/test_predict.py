@@ -43,7 +43,7 @@ def ckpt(tmp_path_factory) -> Path:
     t = template_68()
     meanface = (t - t.min(0)) / (t.max(0) - t.min(0)) * 0.8 + 0.1
     path = tmp_path_factory.mktemp("ckpt") / "model.ckpt"
-    return Predictor(net.eval(), meanface, num_nb=10, input_size=64).save(path, dataset="300w")
+    return Predictor.from_network(net.eval(), meanface, num_nb=10, input_size=64).save(path, dataset="300w")
 
 
 def _run(args: list[str], capsys) -> tuple[int, str, str]:
@@ -264,9 +264,9 @@ def test_bad_inputs_give_clear_messages(ckpt: Path, tmp_path: Path, capsys) -> N
     assert code == 1 and "unknown detector 'nope'" in err
 
     code, _, err = _run([f"ckpt={ckpt}", f"input={blank}", "batch_size=many"], capsys)
-    assert code == 2 and "bad option" in err
+    assert code == 2 and "bad value for batch_size: 'many' is not an integer" in err
     code, _, err = _run([f"input={blank}"], capsys)
-    assert code == 2 and "missing ckpt=..." in err
+    assert code == 2 and "missing required argument: ckpt=TEXT" in err
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""`python -m pipnet_lit.report`: the comparison table, paper column, CED figures, run discovery, errors."""
+"""`python -m pipnet_lit.compare`: the comparison table, paper column, CED figures, run discovery, errors."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from hydra_job import job_env
-from pipnet_lit import report as report_module
+from pipnet_lit import compare as compare_module
+from pipnet_lit.compare import collect_runs, main, make_report, read_per_image, run_labels
 from pipnet_lit.paper import PAPER_NMES, paper_nmes
-from pipnet_lit.report import collect_runs, main, make_report, read_per_image, run_labels
 
 REPO = Path(__file__).parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -152,13 +152,13 @@ def test_table_numbers_equal_the_runs_metrics_and_the_paper_column(two_runs, tmp
 
 def test_one_ced_figure_per_subset_from_the_primary_per_image_nmes(two_runs, tmp_path, monkeypatch):
     plotted: dict[str, list[tuple[str, np.ndarray]]] = {}
-    real_plot = report_module.plot_ced
+    real_plot = compare_module.plot_ced
 
     def spy(curves, path, title, xlabel, threshold=0.1):
         plotted[Path(path).name] = [(label, np.asarray(nmes)) for label, nmes in curves]
         return real_plot(curves, path, title, xlabel, threshold)
 
-    monkeypatch.setattr(report_module, "plot_ced", spy)
+    monkeypatch.setattr(compare_module, "plot_ced", spy)
     out = tmp_path / "out"
     result = make_report([two_runs], out)
     names = {"ced_300w_full.png", "ced_300w_common.png", "ced_300w_challenge.png"}
@@ -287,8 +287,9 @@ def test_report_over_two_real_tiny_training_runs(tmp_path):
         result = subprocess.run(
             [
                 sys.executable, "-m", "pipnet_lit.train", "+experiment=synthetic",
-                "data.synthetic.n_train=8", "data.synthetic.n_common=3", "data.synthetic.n_challenge=2",
-                "data.synthetic.n_wild=0", "data.synthetic.image_size=80", "data.load_unlabeled=false",
+                "data.sources.synthetic.n_train=8", "data.sources.synthetic.n_common=3",
+                "data.sources.synthetic.n_challenge=2", "data.sources.synthetic.n_wild=0",
+                "data.sources.synthetic.image_size=80", "data.load_unlabeled=false",
                 "data.input_size=64", "data.batch_size=2", "data.num_workers=0", "trainer.max_epochs=1",
                 "model.pretrained=false", "callbacks.rich_progress_bar=null", "callbacks.model_summary=null",
                 f"run_name={name}", f"paths.root_dir={tmp_path}", *extra,
@@ -299,7 +300,7 @@ def test_report_over_two_real_tiny_training_runs(tmp_path):
     runs_dir = tmp_path / "outputs" / "train"
     out = tmp_path / "report"
     result = subprocess.run(
-        [sys.executable, "-m", "pipnet_lit.report", str(runs_dir), "--out", str(out)],
+        [sys.executable, "-m", "pipnet_lit.compare", str(runs_dir), "--out", str(out)],
         capture_output=True, text=True, timeout=300, cwd=REPO, env=env,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipnet_lit.report import main as report_main
+from pipnet_lit.compare import main as report_main
 from pipnet_lit.ssl.aggregate import (
     POOL_SUBSET,
     AggregateError,

@@ -67,7 +67,7 @@ def tiny_overrides(root: Path, workdir: Path) -> list[str]:
         "data.batch_size=2",
         "data.eval_batch_size=16",  # fast_dev_run scores one batch: every subset must be in it
         "data.num_workers=0",
-        "data.synthetic=null",
+        "++data.sources.synthetic=null",  # every experiment: set or add (an empty sources map)
         "model.pretrained=false",
         "logger=csv",
         "callbacks.rich_progress_bar=null",
@@ -110,8 +110,9 @@ def test_fast_dev_run_of_every_experiment(experiment, synthetic_root, raw_root, 
     ]  # fmt: skip
     if experiment.startswith("synthetic_ssl"):  # its own generated folder (with the labeled wild test split)
         overrides += [
-            f"data.root={raw_root}", "data.synthetic={n_train: 4, n_common: 2, n_challenge: 1, n_wild: 3, "
-            "n_wild_test: 2, image_size: 80, seed: 0}",
+            f"data.root={raw_root}",
+            "data.sources.synthetic_ssl={n_train: 4, n_common: 2, n_challenge: 1, n_wild: 3, n_wild_test: 2, "
+            "image_size: 80, seed: 0}",
         ]  # fmt: skip
     if experiment.startswith("aflw"):  # the tiny AFLW file has 6 faces, not 24386: split them 4 / 2
         overrides.append("data.split_overrides={train: {split_point: 4}, test: {split_point: 4}}")
@@ -204,7 +205,7 @@ def test_fit_resume_and_evaluate(synthetic_root, tmp_path):
     result = subprocess.run(
         [
             sys.executable, "-m", "pipnet_lit.eval", f"ckpt_path={last}", f"data.root={test_only}",
-            f"data.cache_dir={tmp_path / 'cache'}", "data.num_workers=0", "data.synthetic=null",
+            f"data.cache_dir={tmp_path / 'cache'}", "data.num_workers=0", "data.sources.synthetic=null",
             f"predictions_csv={preds}", f"paths.root_dir={tmp_path}", "trainer.accelerator=cpu",
             "run_name=ev",
         ],
@@ -309,7 +310,8 @@ def test_val_split_is_a_seeded_hold_out_of_train(synthetic_root, tmp_path):
     assert len(dm.val_set) == 2 and len(dm.train_set) == 4  # round(0.34 * 6)
     assert set(dm.val_set.names) | set(dm.train_set.names) == all_train
     assert not set(dm.val_set.names) & set(dm.train_set.names)
-    assert dm.val_subset_names == ["synthetic_val"] and dm.eval_layout("val")[0]["synthetic_val"].all()
+    assert dm.val_subset_names == ["synthetic_val"]
+    assert dm.evaluation_plan("val").loaders[0].subsets["synthetic_val"].all()
     # test subsets stay the test data; the mean face comes from the training part only
     assert dm.eval_subset_names == ["synthetic_full", "synthetic_common", "synthetic_challenge"]
     kept = [dm.train_set.names.index(n) for n in dm.train_set.names]

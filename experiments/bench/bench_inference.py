@@ -40,14 +40,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_cpu import cpu_info, write_report  # noqa: E402  (helpers of the CPU benchmark)
 
+from pipnet_lit.checkpoints import read_checkpoint  # noqa: E402
 from pipnet_lit.export import (  # noqa: E402
-    LandmarkGraph,
-    calibration_crops,
     export_onnx,
     export_openvino,
     export_torchscript,
+    graph_metadata,
     quantize_onnx,
 )
+from pipnet_lit.export.command import calibration_crops  # noqa: E402
+from pipnet_lit.landmark_graph import LandmarkGraph  # noqa: E402
 from pipnet_lit.models import PIPNet  # noqa: E402
 from pipnet_lit.pip import decode  # noqa: E402
 from pipnet_lit.runtime import load_runtime  # noqa: E402
@@ -224,7 +226,8 @@ def evaluation_sets(
             torch.stack([it["image"] for it in items]),
             torch.stack([it["landmarks"] for it in items]),
         )
-    return sets, dm.metric_specs[0]
+    spec = dm.evaluation_plan("test").metrics[0]
+    return sets, spec.as_dict()
 
 
 def nme_of(pred: torch.Tensor, target: torch.Tensor, spec: dict[str, Any]) -> float:
@@ -241,13 +244,15 @@ def predict_all(
 
 def bench_accuracy(args: argparse.Namespace, machine: dict[str, Any]) -> dict[str, Any]:
     ckpt = trained_checkpoint(args)
-    graph = LandmarkGraph.from_checkpoint(ckpt)
+    graph = read_checkpoint(ckpt).graph()
     overrides = list(args.data_override)
     calib = calibration_crops(args.data, graph.input_size, args.calib_n, seed=0, data_overrides=overrides)
     sets, spec = evaluation_sets(graph.input_size, args.data, overrides)
     report: dict[str, Any] = {
         "checkpoint": str(ckpt),
-        "model": {k: graph.metadata()[k] for k in ("backbone", "net_stride", "input_size", "num_landmarks")},
+        "model": {
+            k: graph_metadata(graph)[k] for k in ("backbone", "net_stride", "input_size", "num_landmarks")
+        },
         "metric": spec["key"],
         "calibration_crops": len(calib),
         "subsets": {k: len(v[0]) for k, v in sets.items()},

@@ -21,10 +21,12 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from pipnet_lit import presentation
 from pipnet_lit.lit_module import PIPNetModule
 from pipnet_lit.metrics.functional import ced_curve
 from pipnet_lit.models.backbones import IMAGENET_MEAN, IMAGENET_STD
-from pipnet_lit.reporting import PER_IMAGE_NAME, write_per_image_results
+from pipnet_lit.presentation import CEDCurve, new_figure, save_figure
+from pipnet_lit.run_results import PER_IMAGE_NAME, write_per_image_results
 
 PREDICTION_COLOUR = "#ff3b30"  # red
 TARGET_COLOUR = "#34c759"  # green
@@ -44,18 +46,6 @@ def _folder(dirpath: str | Path | None, trainer: L.Trainer) -> Path:
 def _plots(dirpath: str | Path | None, trainer: L.Trainer) -> Path:
     """``dirpath``, or ``<run folder>/plots``."""
     return Path(dirpath) if dirpath is not None else Path(trainer.default_root_dir) / "plots"
-
-
-def _new_figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=100)
-    FigureCanvasAgg(fig)  # an Agg canvas of its own: headless, no pyplot state
-    return fig
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=fig.dpi)
-    return path
 
 
 def figure_array(fig: Figure) -> np.ndarray:
@@ -96,23 +86,16 @@ def plot_ced(
     """A CED figure: fraction of images (y) with NME <= x, x in percent up to the FR threshold.
 
     ``xs``, ``ys``: the curve (`pipnet_lit.metrics.functional.ced_curve`); the line's data are exactly
-    (100 * xs, ys).
+    (100 * xs, ys). Drawn by `pipnet_lit.presentation.plot_ced` in its `RUN_CED` style.
     """
-    fig = _new_figure(5, 4)
-    ax = fig.add_subplot()
-    legend = label
-    if fr is not None and auc is not None:
-        legend = f"{label}: AUC {auc:.4f}, FR {100 * fr:.2f}%"
-    ax.plot(100 * np.asarray(xs), np.asarray(ys), color="#007aff", linewidth=1.5, label=legend)
-    ax.set_xlim(0, 100 * float(xs[-1]))
-    ax.set_ylim(0, 1.0)
-    ax.set_xlabel(f"{label} (%)")
-    ax.set_ylabel("fraction of images")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    return fig
+    style = presentation.RUN_CED
+    return presentation.plot_ced(
+        [CEDCurve(presentation.ced_legend(label, fr, auc, style), np.asarray(xs), np.asarray(ys))],
+        title=title,
+        xlabel=f"{label} (%)",
+        xmax=float(xs[-1]),
+        style=style,
+    )
 
 
 class CEDPlot(L.Callback):
@@ -144,7 +127,7 @@ class CEDPlot(L.Callback):
                 xs, ys, f"CED {subset} (n={len(res)})", key,
                 summary.get(f"fr@{hp.fr_threshold:.2f}"), summary.get(f"auc@{hp.fr_threshold:.2f}"),
             )  # fmt: skip
-            path = _save(fig, folder / f"ced_{subset}.png")
+            path = save_figure(fig, folder / f"ced_{subset}.png")
             self.curves[subset], self.paths[subset] = (xs, ys), path
             self._log(trainer, subset, key, xs, ys, path, fig)
 
@@ -193,7 +176,7 @@ def plot_prediction_grid(
     k = len(images)
     columns = max(1, min(columns, k))
     rows = (k + columns - 1) // columns
-    fig = _new_figure(2.6 * columns, 2.8 * rows + 0.4)
+    fig = new_figure(2.6 * columns, 2.8 * rows + 0.4)
     for i in range(k):
         ax = fig.add_subplot(rows, columns, i + 1)
         size_y, size_x = images[i].shape[:2]
@@ -296,7 +279,7 @@ class PredictionGrid(L.Callback):
             f"epoch {epoch}: prediction (red) vs ground truth (green)",
         )
         folder = _plots(self.dirpath, trainer)
-        path = _save(fig, folder / f"val_grid_epoch{epoch:03d}.png")
+        path = save_figure(fig, folder / f"val_grid_epoch{epoch:03d}.png")
         self.paths.append(path)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):

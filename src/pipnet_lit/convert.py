@@ -15,40 +15,172 @@ landmark count the weights must have. The backbone, net stride and num_nb are re
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from omegaconf import MISSING, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+import numpy as np
+from torch import Tensor
 
-from pipnet_lit.inference import Predictor, describe_official_weights, load_official_weights
+from pipnet_lit.checkpoints import load_state_strict, torch_load, write_checkpoint
+from pipnet_lit.cli import Command, HelpRequested, UsageError, option
+from pipnet_lit.files import file_sha256
+from pipnet_lit.landmark_graph import LandmarkGraph
+from pipnet_lit.models import BACKBONES, PIPNet
 
-__all__ = ["ConvertConfig", "convert", "main"]
+__all__ = [
+    "ConvertConfig",
+    "convert",
+    "describe_official_weights",
+    "load_official_weights",
+    "main",
+    "official_graph",
+    "read_official_meanface",
+]
 
 
 @dataclass
 class ConvertConfig:
     """Options of ``python -m pipnet_lit.convert`` (see the module docstring)."""
 
-    official: str = MISSING
-    meanface: str = MISSING
-    data: str = MISSING
-    out: str = MISSING
-    backbone: str | None = None
-    net_stride: int | None = None
-    num_nb: int | None = None
-    input_size: int = 256
+    official: str = option(help="the state dict saved by the official code (epoch59.pth)")
+    meanface: str = option(help="the official meanface.txt of the same dataset")
+    data: str = option(help="our dataset: 300w, wflw, cofw, aflw, ... or a dataset YAML")
+    out: str = option(help="the checkpoint to write")
+    backbone: str | None = option(None, help="check the weights' backbone (read from the weights otherwise)")
+    net_stride: int | None = option(None, help="check the weights' stride")
+    num_nb: int | None = option(None, help="check the weights' neighbour count")
+    input_size: int = option(256, help="crop side in pixels (256 in every official experiment)")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+COMMAND = Command(ConvertConfig, prog="python -m pipnet_lit.convert", doc=__doc__, style="key=value")
+
+
+# -- the official code's files -------------------------------------------------------------------------
+
+
+def official_graph(
+    weights: str | Path | dict[str, Tensor],
+    meanface: str | Path | np.ndarray,
+    *,
+    backbone: str,
+    num_landmarks: int,
+    num_nb: int,
+    net_stride: int,
+    input_size: int,
+    merge: bool = True,
+    name: str | None = None,
+) -> LandmarkGraph:
+    """The inference core of weights saved by the official code (``torch.save(net.state_dict(), ...)``).
+
+    ``weights``: the file (read with ``torch.load(weights_only=True)``) or its state dict; ``meanface``:
+    the official ``meanface.txt`` (one line of 2L numbers x1 y1 x2 y2 ...) or an (L, 2) array. The settings
+    are those of the official experiment file (``pip_32_16_60_r18_l2_l1_10_1_nb10.py``: resnet18, stride 32,
+    num_nb 10, input 256). Settings that contradict the weights (backbone, landmark count, num_nb, stride)
+    or a mean face of another length raise a ValueError naming each difference (``name`` names a state
+    dict passed in memory in those messages). Returned in eval mode, on the CPU.
+    """
+    source = str(weights) if isinstance(weights, (str, Path)) else (name or "the official state dict")
+    state = (
+        load_official_weights(weights) if isinstance(weights, (str, Path)) else _check_state(weights, source)
+    )
+    given = {
+        "backbone": backbone,
+        "num_landmarks": int(num_landmarks),
+        "num_nb": int(num_nb),
+        "net_stride": int(net_stride),
+    }
+    found = describe_official_weights(state)
+    diffs = [
+        f"{key}={given[key]!r} but the weights are {key}={found[key]!r}"
+        for key in given
+        if found.get(key) is not None and found[key] != given[key]
+    ]
+    if diffs:
+        raise ValueError(f"{source} does not match the settings: " + "; ".join(diffs))
+    mf = read_official_meanface(meanface) if isinstance(meanface, (str, Path)) else np.asarray(meanface)
+    if mf.ndim != 2 or mf.shape != (int(num_landmarks), 2):
+        where = meanface if isinstance(meanface, (str, Path)) else "the mean face"
+        raise ValueError(
+            f"{where} has {mf.shape[0] if mf.ndim == 2 else mf.size} points but num_landmarks="
+            f"{int(num_landmarks)}: use the meanface.txt of the dataset the weights were trained on"
+        )
+    net = PIPNet.from_settings({**given, "input_size": int(input_size)}, pretrained=False)
+    load_state_strict(net, state, source)
+    return LandmarkGraph(net.eval(), mf, merge=merge).eval()
+
+
+def read_official_meanface(path: str | Path) -> np.ndarray:
+    """The official ``meanface.txt``: first line, 2L numbers ``x1 y1 x2 y2 ...`` -> (L, 2) float64."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"mean face file {path} does not exist (the official data/<dataset>/meanface.txt)"
+        )
+    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        values = [float(v) for v in lines[0].split()] if lines else []
+    except ValueError as err:
+        raise ValueError(f"{path}:1: the mean face must be numbers separated by spaces ({err})") from None
+    if not values or len(values) % 2:
+        raise ValueError(f"{path}:1: expected 2L numbers x1 y1 x2 y2 ..., got {len(values)}")
+    mf = np.asarray(values, dtype=np.float64).reshape(-1, 2)
+    if not np.isfinite(mf).all():
+        raise ValueError(f"{path}:1: the mean face holds NaN or inf")
+    return mf
+
+
+def load_official_weights(path: str | Path) -> dict[str, Tensor]:
+    """The state dict of an official ``epoch*.pth`` (``torch.load(weights_only=True)``, ``module.`` prefixes
+    of ``nn.DataParallel`` removed); clear errors for a missing file, a non-torch file or our checkpoint."""
+    path = Path(path)
+    return _check_state(torch_load(path, "official weights"), str(path))
+
+
+def _check_state(state: Any, source: str) -> dict[str, Tensor]:
+    if isinstance(state, dict) and "state_dict" in state and "hyper_parameters" in state:
+        raise ValueError(
+            f"{source} is a pipnet-lit checkpoint, not official weights: load it with read_checkpoint / "
+            "Predictor.from_checkpoint"
+        )
+    if not isinstance(state, dict) or not state or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(f"{source} is not a state dict of tensors (the official epoch*.pth files are)")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def describe_official_weights(state: dict[str, Tensor]) -> dict[str, Any]:
+    """What an official state dict was built with: backbone, num_landmarks, num_nb, net_stride.
+
+    Read from the key names and head shapes (the official class names equal ours); a value that cannot be
+    told is None. ResNets: bottleneck blocks (``layer1.0.conv3``) and the block count of ``layer3`` (6:
+    resnet50, 23: resnet101); MobileNets: the head's input channels (1280: v2, 960: v3).
+    """
+    out: dict[str, Any] = dict.fromkeys(("backbone", "num_landmarks", "num_nb", "net_stride"))
+    cls_w, nb_w = state.get("cls_layer.weight"), state.get("nb_x_layer.weight")
+    if cls_w is not None:
+        out["num_landmarks"] = int(cls_w.shape[0])
+        if nb_w is not None and nb_w.shape[0] % cls_w.shape[0] == 0:
+            out["num_nb"] = int(nb_w.shape[0] // cls_w.shape[0])
+    if "deconv1.weight" in state:
+        out["net_stride"] = 16
+    elif "layer6.weight" in state:
+        out["net_stride"] = 128
+    elif "layer5.weight" in state:
+        out["net_stride"] = 64
+    elif cls_w is not None:
+        out["net_stride"] = 32
+    if any(k.startswith("features.") for k in state):
+        by_channels = {BACKBONES[name].channels: name for name in ("mobilenet_v2", "mobilenet_v3")}
+        out["backbone"] = by_channels.get(int(cls_w.shape[1])) if cls_w is not None else None
+    elif "conv1.weight" in state:
+        blocks = {int(k.split(".")[1]) for k in state if k.startswith("layer3.")}
+        if "layer1.0.conv3.weight" not in state:
+            out["backbone"] = "resnet18" if len(blocks) == 2 else None
+        else:
+            out["backbone"] = {6: "resnet50", 23: "resnet101"}.get(len(blocks))
+    return out
 
 
 def convert(
@@ -80,7 +212,7 @@ def convert(
             if found[key] is None:
                 raise ValueError(f"cannot tell {key} from the weights in {official}: pass {key}=...")
             settings[key] = found[key]
-    predictor = Predictor.from_official(
+    graph = official_graph(
         state,
         meanface,
         backbone=str(settings["backbone"]),
@@ -90,31 +222,25 @@ def convert(
         input_size=int(input_size),
         name=str(official),
     )
-    return predictor.save(
+    return write_checkpoint(
+        graph,
         out,
         dataset=meta.name,
         converted_from=Path(official).name,
-        official_sha256=_sha256(Path(official)),
+        official_sha256=file_sha256(Path(official)),
         meanface_file=Path(meanface).name,
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit code (0 written, 1 bad input, 2 bad options)."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in args):
-        print(__doc__)
-        return 0
-    bad = [a for a in args if "=" not in a]
     try:
-        if bad:
-            raise ValueError(f"arguments must be key=value, got {bad}")
-        cfg = OmegaConf.merge(OmegaConf.structured(ConvertConfig), OmegaConf.from_dotlist(args))
-        missing = [k for k in ("official", "meanface", "data", "out") if OmegaConf.is_missing(cfg, k)]
-        if missing:
-            raise ValueError(f"missing {', '.join(f'{k}=...' for k in missing)}")
-    except (ValueError, OmegaConfBaseException) as err:
-        print(f"error: {str(err).splitlines()[0]}\n(python -m pipnet_lit.convert --help)", file=sys.stderr)
+        cfg = COMMAND.parse(list(sys.argv[1:] if argv is None else argv))
+    except HelpRequested as done:
+        print(done.text, end="")
+        return 0
+    except UsageError as err:
+        print(f"{COMMAND.prog}: error: {err.message}\n{err.usage}", file=sys.stderr)
         return 2
     try:
         path = convert(

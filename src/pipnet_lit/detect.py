@@ -75,9 +75,9 @@ class CropRule:
         if not np.isfinite(self.shift_y):
             raise ValueError(f"CropRule.shift_y must be a finite number, got {self.shift_y!r}")
 
-    def apply(self, boxes: np.ndarray) -> np.ndarray:
-        """(N, 4) detector boxes ``(x0, y0, x1, y1)`` -> (N, 4) float64 crop boxes (not clamped)."""
-        b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    def apply(self, boxes_xyxy: np.ndarray) -> np.ndarray:
+        """(N, 4) detector boxes ``(x0, y0, x1, y1)`` -> (N, 4) float64 crop boxes, xyxy (not clamped)."""
+        b = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
         w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
         cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2 + self.shift_y * h
         half_w, half_h = w * self.scale_x / 2, h * self.scale_y / 2
@@ -90,20 +90,25 @@ FACEBOXES_RULE = CropRule(scale_x=1.2, scale_y=1.0, shift_y=0.1)
 
 @dataclass
 class Detections:
-    """Faces found in one image: ``boxes`` (N, 4) float64 ``(x0, y0, x1, y1)`` pixels (x1, y1 exclusive
+    """Faces found in one image: ``boxes_xyxy`` (N, 4) float64 ``(x0, y0, x1, y1)`` pixels (x1, y1 exclusive
     edges), ``scores`` (N,) float64 (the detector's own confidence; see each detector)."""
 
-    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
+    boxes_xyxy: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
     scores: np.ndarray = field(default_factory=lambda: np.zeros((0,)))
 
     def __post_init__(self) -> None:
-        self.boxes = np.asarray(self.boxes, dtype=np.float64).reshape(-1, 4)
+        self.boxes_xyxy = np.asarray(self.boxes_xyxy, dtype=np.float64).reshape(-1, 4)
         self.scores = np.asarray(self.scores, dtype=np.float64).reshape(-1)
-        if len(self.boxes) != len(self.scores):
-            raise ValueError(f"Detections: {len(self.boxes)} boxes but {len(self.scores)} scores")
+        if len(self.boxes_xyxy) != len(self.scores):
+            raise ValueError(f"Detections: {len(self.boxes_xyxy)} boxes but {len(self.scores)} scores")
 
     def __len__(self) -> int:
-        return len(self.boxes)
+        return len(self.boxes_xyxy)
+
+    @property
+    def boxes(self) -> np.ndarray:
+        """Deprecated name of `boxes_xyxy` (kept for one release)."""
+        return self.boxes_xyxy
 
 
 @runtime_checkable

@@ -17,26 +17,27 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from pipnet_lit.config import check_config_dir, instantiate_group
+from pipnet_lit.evaluation import EvalPlan, EvalResults
 from pipnet_lit.jobs import closing_loggers, load_trained_model, log_run_dir
-from pipnet_lit.lit_module import EvalResults
-from pipnet_lit.reporting import report, tested_results
+from pipnet_lit.run_results import report, tested_results
 
 
-def write_predictions(results: dict[str, EvalResults], datamodule: Any, path: str | Path) -> Path:
+def write_predictions(results: dict[str, EvalResults], plan: EvalPlan, path: str | Path) -> Path:
     """One CSV row per (subset, image): subset key, crop name, then x0 y0 x1 y1 ... in source-image pixels.
 
-    ``results`` is the test pass (`PIPNetModule.eval_results["test"]`: subset key -> `EvalResults`). Rows go
-    pool by pool (one per split), image by image in the pool's order, and an image in several subsets (300W
-    ``common`` and ``full``) gets a row for each, in the pool's subset order.
+    ``results`` is the test pass (`PIPNetModule.eval_results["test"]`: subset key -> `EvalResults`) and
+    ``plan`` the test stage's `EvalPlan` (``datamodule.evaluation_plan("test")``). Rows go loader by loader
+    (one per split), image by image in the loader's order, and an image in several subsets (300W ``common``
+    and ``full``) gets a row for each, in the loader's subset order.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        num = datamodule.num_landmarks
+        num = plan.num_landmarks
         writer.writerow(["subset", "image"] + [f"{a}{i}" for i in range(num) for a in ("x", "y")])
-        for pool in datamodule.eval_pools:
-            subsets = [s for s in pool.subsets if s in results]
+        for loader in plan.loaders:
+            subsets = [s for s in loader.subsets if s in results]
             rows = {s: {int(idx): r for r, idx in enumerate(results[s].indices)} for s in subsets}
             for idx in sorted(set().union(*(rows[s] for s in subsets))):
                 for subset in subsets:
@@ -72,7 +73,8 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, dict[str, float]], dict[str, An
             title = f"{Path(cfg.ckpt_path).name} on {datamodule.meta.name}"
             report(results, cfg.paths.output_dir, title=title)
             if cfg.get("predictions_csv"):  # from the test pass, gathered over every rank
-                write_predictions(model.eval_results["test"], datamodule, cfg.predictions_csv)
+                plan = datamodule.evaluation_plan("test")
+                write_predictions(model.eval_results["test"], plan, cfg.predictions_csv)
     return results, {"model": model, "datamodule": datamodule, "trainer": trainer}
 
 

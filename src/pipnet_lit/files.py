@@ -1,9 +1,10 @@
 """Writing state files so that a kill leaves the old file or the new one, never half of one; reading them
-back without a traceback. Standard library only: the chain sweeper (imported at every Hydra start-up) and
-the crop cache use the same functions."""
+back without a traceback; a file's sha256. Standard library only: the chain sweeper (imported at every Hydra
+start-up) and the crop cache use the same functions."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -33,6 +34,15 @@ def write_json_atomic(path: str | os.PathLike[str], data: dict[str, Any]) -> Pat
     """Write ``data`` as indented, key-sorted JSON atomically (a marker or manifest is written last: its
     presence says the folder is complete)."""
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """The sha256 hex digest of a file's bytes (a checkpoint's or a weight file's identity in manifests)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_json_object(path: str | os.PathLike[str]) -> dict[str, Any] | None:

@@ -1,23 +1,23 @@
-"""Inference without Lightning: network + mean-face neighbour tables + preprocessing, in one `Predictor`.
+"""The predictor: images or face crops in, landmarks out (no Lightning).
 
-`Predictor` turns face crops into landmarks. Everything that runs a trained PIPNet (the LightningModule's
-evaluation, `pipnet_lit.eval`, the `pipnet_lit.predict` CLI, export) goes through it, so the ImageNet
-constants, the crop -> tensor preprocessing and the crop/uncrop live here (crop/uncrop arithmetic itself in
-`pipnet_lit.datasets.geometry`).
+`Predictor` holds the inference core (`pipnet_lit.landmark_graph.LandmarkGraph`: network + neighbour tables
++ decode) and adds what an application needs around it: image reading, the crop -> tensor preprocessing
+(ImageNet constants), crop / uncrop (the arithmetic itself in `pipnet_lit.datasets.geometry`) and batching.
 
 Build one from our checkpoint or from the official code's weights::
 
     predictor = Predictor.from_checkpoint("model.ckpt", device="cuda")
     predictor = Predictor.from_official("epoch59.pth", "meanface.txt", backbone="resnet18",
                                         num_landmarks=68, num_nb=10, net_stride=32, input_size=256)
-    faces = predictor("photo.jpg", boxes=[[x0, y0, x1, y1]])   # faces.landmarks (N, L, 2) image pixels
-    crops = predictor.crops(batch)                              # ready (B, S, S, 3) BGR crops
+    faces = predictor("photo.jpg", boxes_xyxy=[[x0, y0, x1, y1]])  # faces.landmarks (N, L, 2) pixels
+    crops = predictor.crops(batch)                                  # ready (B, S, S, 3) BGR crops
 
 Coordinates. Landmarks come back in the convention of the training annotations (300W: the ``.pts``
-numbers as they are), in source-image pixels for `predictor(image, boxes)` and as fractions of the crop
-(0 = left/top edge, 1 = right/bottom edge) for `predictor.crops`. A box is ``(x0, y0, x1, y1)``
-in pixels (x1, y1 exclusive edges); it is clamped to the image (``[0, W] x [0, H]``) and truncated to
-integers, so the pixels the network sees are exactly the frame the landmarks are mapped back with.
+numbers as they are), in source-image pixels for `predictor(image, boxes_xyxy)` and as fractions of the
+crop (0 = left/top edge, 1 = right/bottom edge) for `predictor.crops`. Boxes here are ``xyxy``:
+``(x0, y0, x1, y1)`` in pixels (x1, y1 exclusive edges); a box is clamped to the image
+(``[0, W] x [0, H]``) and truncated to integers, so the pixels the network sees are exactly the frame the
+landmarks are mapped back with. (The dataset cache and the metrics use ``xywh`` boxes; names say which.)
 
 Scores. Each landmark's score is the maximum of its score map (the raw head output, trained towards 1 at
 the landmark's cell and 0 elsewhere): a confidence, not a calibrated probability.
@@ -25,7 +25,6 @@ the landmark's cell and 0 elsewhere): a confidence, not a calibrated probability
 
 from __future__ import annotations
 
-import importlib.metadata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,10 +35,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from pipnet_lit.checkpoints import CHECKPOINT_FORMAT, read_checkpoint, write_checkpoint
 from pipnet_lit.datasets.geometry import CropBox, crop_and_resize, denormalize_points
-from pipnet_lit.models import BACKBONES, PIPNet
+from pipnet_lit.landmark_graph import CropPrediction, LandmarkGraph
 from pipnet_lit.models.backbones import IMAGENET_MEAN, IMAGENET_STD
-from pipnet_lit.pip import Neighbors, PIPOutputs, build_neighbors, decode_details
+from pipnet_lit.pip import Neighbors, PIPOutputs
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -48,20 +48,13 @@ __all__ = [
     "CropPrediction",
     "FacePrediction",
     "ImageReadError",
+    "LandmarkGraph",
     "Predictor",
     "crop_faces",
-    "describe_official_weights",
-    "load_official_weights",
     "load_image",
     "preprocess",
-    "read_official_meanface",
     "uncrop",
 ]
-
-#: Version tag written by `Predictor.save` next to the Lightning keys (``pipnet_lit`` entry).
-CHECKPOINT_FORMAT = 1
-# The hyperparameters a checkpoint must carry to rebuild the network.
-_NET_HPARAMS = ("backbone", "num_landmarks", "num_nb", "net_stride", "input_size")
 
 
 class ImageReadError(ValueError):
@@ -113,7 +106,7 @@ def _as_boxes(boxes: Any) -> np.ndarray:
     return arr
 
 
-def crop_faces(image_bgr: np.ndarray, boxes: Any, input_size: int) -> tuple[np.ndarray, np.ndarray]:
+def crop_faces(image_bgr: np.ndarray, boxes_xyxy: Any, input_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Cut each box out of the image and resize it to the network input.
 
     Each ``(x0, y0, x1, y1)`` is clamped to the image, ``[0, W] x [0, H]`` (x1, y1 are exclusive edges, so a
@@ -122,7 +115,7 @@ def crop_faces(image_bgr: np.ndarray, boxes: Any, input_size: int) -> tuple[np.n
     ``cv2.resize`` (`geometry.crop_and_resize`). Returns the crops (N, S, S, 3) uint8 BGR and the integer
     crop boxes (N, 4) float64 ``(x0, y0, x1, y1)`` that `uncrop` maps landmarks back with.
     """
-    arr = _as_boxes(boxes)
+    arr = _as_boxes(boxes_xyxy)
     h, w = image_bgr.shape[:2]
     crops = np.empty((len(arr), input_size, input_size, 3), dtype=np.uint8)
     frames = np.empty((len(arr), 4), dtype=np.float64)
@@ -137,14 +130,17 @@ def crop_faces(image_bgr: np.ndarray, boxes: Any, input_size: int) -> tuple[np.n
     return crops, frames
 
 
-def uncrop(landmarks: np.ndarray | Tensor, boxes: np.ndarray | Tensor) -> np.ndarray | Tensor:
+def uncrop(landmarks: np.ndarray | Tensor, boxes_xyxy: np.ndarray | Tensor) -> np.ndarray | Tensor:
     """(..., L, 2) crop fractions -> source-image pixels, for boxes (..., 4) ``(x0, y0, x1, y1)``.
 
     ``x = x0 + u * (x1 - x0)``, ``y = y0 + v * (y1 - y0)`` (`geometry.denormalize_points`), numpy or torch.
     """
-    frames = boxes[..., :4].clone() if isinstance(boxes, Tensor) else np.array(boxes[..., :4], dtype=float)
-    frames[..., 2:4] = boxes[..., 2:4] - boxes[..., 0:2]
-    return denormalize_points(landmarks, frames)
+    boxes = boxes_xyxy
+    frames_xywh = (
+        boxes[..., :4].clone() if isinstance(boxes, Tensor) else np.array(boxes[..., :4], dtype=float)
+    )
+    frames_xywh[..., 2:4] = boxes[..., 2:4] - boxes[..., 0:2]
+    return denormalize_points(landmarks, frames_xywh)
 
 
 def load_image(image: str | Path | np.ndarray | Any, color: Literal["bgr", "rgb"] = "bgr") -> np.ndarray:
@@ -189,79 +185,69 @@ def load_image(image: str | Path | np.ndarray | Any, color: Literal["bgr", "rgb"
 
 
 @dataclass
-class CropPrediction:
-    """Landmarks of a batch of crops: ``landmarks`` (B, L, 2) crop fractions, ``scores`` (B, L)."""
-
-    landmarks: Tensor
-    scores: Tensor
-
-
-@dataclass
 class FacePrediction:
     """Landmarks of the faces of one image (numpy, CPU).
 
     landmarks: (N, L, 2) float64 source-image pixels; scores: (N, L) float32 per-landmark score;
-    boxes: (N, 4) float64 integer crop boxes ``(x0, y0, x1, y1)`` actually cropped (after clamping);
+    boxes_xyxy: (N, 4) float64 integer crop boxes ``(x0, y0, x1, y1)`` actually cropped (after clamping);
     crop_landmarks: (N, L, 2) float32 the same landmarks as fractions of each crop.
     """
 
     landmarks: np.ndarray
     scores: np.ndarray
-    boxes: np.ndarray
+    boxes_xyxy: np.ndarray
     crop_landmarks: np.ndarray
 
     def __len__(self) -> int:
         return int(self.landmarks.shape[0])
+
+    @property
+    def boxes(self) -> np.ndarray:
+        """Deprecated name of `boxes_xyxy` (kept for one release)."""
+        return self.boxes_xyxy
 
 
 # -- the predictor -------------------------------------------------------------------------------------
 
 
 class Predictor:
-    """A PIPNet with its mean face: crops -> landmarks (B, L, 2) and per-landmark scores.
+    """Face crops or an image with boxes -> landmarks: the inference core (`LandmarkGraph`: network +
+    neighbour tables + decode) plus preprocessing, crop / uncrop and batching.
 
     Args:
-        net: the network (a `PIPNet`, or any module mapping (B, 3, S, S) ImageNet-normalized RGB to
-            `PIPOutputs`). Its mode is left as it is (`from_checkpoint` / `from_official` return it in eval
-            mode); `to(device)` moves it.
-        meanface: (L, 2) mean face in crop fractions; with ``num_nb`` it fixes the neighbour tables.
-        num_nb: neighbours per landmark of the head.
-        input_size: side S of the square input crop.
-        merge: average each landmark's own estimate with its neighbours' votes (the paper's inference).
+        graph: the inference core (`read_checkpoint(path).graph()`, `LandmarkGraph(net, meanface)`). Its
+            mode is left as it is (`from_checkpoint` / `from_official` return it in eval mode); `to(device)`
+            moves it.
         batch_size: faces per forward pass in `crops` / `__call__`.
     """
 
-    def __init__(
-        self,
-        net: nn.Module,
-        meanface: np.ndarray | Tensor,
-        *,
-        num_nb: int,
-        input_size: int,
-        merge: bool = True,
-        batch_size: int = 32,
-    ) -> None:
-        mf = torch.as_tensor(np.asarray(meanface), dtype=torch.float64).cpu().clone()
-        if mf.ndim != 2 or mf.shape[1] != 2:
-            raise ValueError(f"meanface must have shape (L, 2), got {tuple(mf.shape)}")
-        if isinstance(net, PIPNet) and (net.num_landmarks, net.num_nb) != (mf.shape[0], num_nb):
-            raise ValueError(
-                f"the network predicts {net.num_landmarks} landmarks with num_nb={net.num_nb}, but the mean "
-                f"face has {mf.shape[0]} landmarks and num_nb={num_nb} was given"
+    def __init__(self, graph: LandmarkGraph, *, batch_size: int = 32) -> None:
+        if not isinstance(graph, LandmarkGraph):
+            raise TypeError(
+                f"Predictor(graph): expected a LandmarkGraph, got {type(graph).__name__}; build one with "
+                "LandmarkGraph(net, meanface) or Predictor.from_network(net, meanface, ...)"
             )
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.net = net
-        self.meanface = mf
-        self.num_nb = int(num_nb)
-        self.input_size = int(input_size)
-        self.merge = bool(merge)
+        self.graph = graph
         self.batch_size = int(batch_size)
-        self._neighbors: dict[torch.device, Neighbors] = {
-            torch.device("cpu"): build_neighbors(mf, self.num_nb)
-        }
 
     # -- construction ------------------------------------------------------------------------------
+    @classmethod
+    def from_network(
+        cls,
+        net: nn.Module,
+        meanface: np.ndarray | Tensor,
+        *,
+        num_nb: int | None = None,
+        input_size: int | None = None,
+        merge: bool = True,
+        batch_size: int = 32,
+    ) -> Predictor:
+        """A predictor around ``net`` and its mean face (see `LandmarkGraph` for the arguments)."""
+        graph = LandmarkGraph(net, meanface, merge=merge, num_nb=num_nb, input_size=input_size)
+        return cls(graph, batch_size=batch_size)
+
     @classmethod
     def from_checkpoint(
         cls,
@@ -272,65 +258,11 @@ class Predictor:
         merge: bool | None = None,
         batch_size: int = 32,
     ) -> Predictor:
-        """Load a pipnet-lit checkpoint (training's ``*.ckpt`` or `Predictor.save` / `pipnet_lit.convert`).
-
-        Reads it with ``torch.load(weights_only=True)``: the network settings from ``hyper_parameters``, the
-        weights from the ``net.*`` entries of ``state_dict`` and the mean face from its ``_extra_state``. No
-        Lightning, no ImageNet weights. ``num_landmarks``, when given, must equal the checkpoint's (a clear
-        error otherwise); ``merge`` None keeps the checkpoint's setting.
-        """
-        path = Path(path)
-        ckpt = _torch_load(path, "checkpoint")
-        if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-            hint = (
-                " It looks like a bare state dict, e.g. the official code's epoch59.pth: use "
-                "Predictor.from_official(...) or `python -m pipnet_lit.convert official=... meanface=... "
-                "data=... out=model.ckpt`."
-                if isinstance(ckpt, dict) and any(k.endswith("cls_layer.weight") for k in ckpt)
-                else ""
-            )
-            raise ValueError(
-                f"{path} is not a pipnet-lit checkpoint (it needs 'state_dict' and 'hyper_parameters')."
-                + hint
-            )
-        hp = dict(ckpt["hyper_parameters"])
-        missing = [k for k in _NET_HPARAMS if k not in hp]
-        if missing:
-            raise ValueError(f"{path}: hyper_parameters lack {missing}; is it a PIPNetModule checkpoint?")
-        state = ckpt["state_dict"]
-        extra = state.get("_extra_state")
-        meanface = extra.get("meanface") if isinstance(extra, dict) else None
-        if meanface is None:
-            raise ValueError(
-                f"{path} holds no mean face (state_dict['_extra_state']['meanface']): it was saved before "
-                "training started; use a checkpoint written during or after training"
-            )
-        num = int(hp["num_landmarks"])
-        if num_landmarks is not None and int(num_landmarks) != num:
-            raise ValueError(
-                f"{path} predicts {num} landmarks, but {int(num_landmarks)} are expected here: use a "
-                f"checkpoint trained on a {int(num_landmarks)}-point dataset (or a matching landmark scheme)"
-            )
-        net = PIPNet(
-            backbone=str(hp["backbone"]),
-            num_landmarks=num,
-            num_nb=int(hp["num_nb"]),
-            net_stride=int(hp["net_stride"]),
-            input_size=int(hp["input_size"]),
-            coarse_levels=int(hp.get("coarse_levels", 0) or 0),
-            pretrained=False,
-        )
-        weights = {k[len("net.") :]: v for k, v in state.items() if k.startswith("net.")}
-        _load_strict(net, weights, str(path))
-        predictor = cls(
-            net.eval(),
-            meanface,
-            num_nb=int(hp["num_nb"]),
-            input_size=int(hp["input_size"]),
-            merge=bool(hp.get("merge", True)) if merge is None else merge,
-            batch_size=batch_size,
-        )
-        return predictor.to(device)
+        """Load a pipnet-lit checkpoint (training's ``*.ckpt`` or `pipnet_lit.convert`'s) with
+        `pipnet_lit.checkpoints.read_checkpoint`: no Lightning, no ImageNet weights. ``num_landmarks``, when
+        given, must equal the checkpoint's; ``merge`` None keeps the checkpoint's setting."""
+        graph = read_checkpoint(path, num_landmarks=num_landmarks).graph(merge)
+        return cls(graph, batch_size=batch_size).to(device)
 
     @classmethod
     def from_official(
@@ -348,135 +280,81 @@ class Predictor:
         batch_size: int = 32,
         name: str | None = None,
     ) -> Predictor:
-        """Load weights saved by the official code (``torch.save(net.state_dict(), 'epoch59.pth')``).
+        """Weights saved by the official code (``epoch59.pth``) with its ``meanface.txt``: see
+        `pipnet_lit.convert.official_graph`, which reads and checks them."""
+        from pipnet_lit.convert import official_graph
 
-        ``weights``: the file (read with ``torch.load(weights_only=True)``) or its state dict; ``meanface``:
-        the official ``meanface.txt`` (one line of 2L numbers x1 y1 x2 y2 ...) or an (L, 2) array. The
-        settings are those of the official experiment file (``pip_32_16_60_r18_l2_l1_10_1_nb10.py``:
-        resnet18, stride 32, num_nb 10, input 256). Settings that contradict the weights (backbone, landmark
-        count, num_nb, stride) or a mean face of another length raise a ValueError naming each difference
-        (``name`` names a state dict passed in memory in those messages).
-        """
-        source = str(weights) if isinstance(weights, (str, Path)) else (name or "the official state dict")
-        state = (
-            load_official_weights(weights)
-            if isinstance(weights, (str, Path))
-            else _check_state(weights, source)
-        )
-        given = {
-            "backbone": backbone,
-            "num_landmarks": int(num_landmarks),
-            "num_nb": int(num_nb),
-            "net_stride": int(net_stride),
-        }
-        found = describe_official_weights(state)
-        diffs = [
-            f"{key}={given[key]!r} but the weights are {key}={found[key]!r}"
-            for key in given
-            if found.get(key) is not None and found[key] != given[key]
-        ]
-        if diffs:
-            raise ValueError(f"{source} does not match the settings: " + "; ".join(diffs))
-        mf = read_official_meanface(meanface) if isinstance(meanface, (str, Path)) else np.asarray(meanface)
-        if mf.ndim != 2 or mf.shape != (int(num_landmarks), 2):
-            where = meanface if isinstance(meanface, (str, Path)) else "the mean face"
-            raise ValueError(
-                f"{where} has {mf.shape[0] if mf.ndim == 2 else mf.size} points but num_landmarks="
-                f"{int(num_landmarks)}: use the meanface.txt of the dataset the weights were trained on"
-            )
-        net = PIPNet(
+        graph = official_graph(
+            weights,
+            meanface,
             backbone=backbone,
-            num_landmarks=int(num_landmarks),
-            num_nb=int(num_nb),
-            net_stride=int(net_stride),
-            input_size=int(input_size),
-            pretrained=False,
+            num_landmarks=num_landmarks,
+            num_nb=num_nb,
+            net_stride=net_stride,
+            input_size=input_size,
+            merge=merge,
+            name=name,
         )
-        _load_strict(net, state, source)
-        predictor = cls(
-            net.eval(), mf, num_nb=int(num_nb), input_size=int(input_size), merge=merge, batch_size=batch_size
-        )
-        return predictor.to(device)
+        return cls(graph, batch_size=batch_size).to(device)
 
     def save(self, path: str | Path, *, dataset: str | None = None, **provenance: Any) -> Path:
-        """Write a checkpoint that `from_checkpoint`, `pipnet_lit.eval` and the LightningModule load.
+        """Write this predictor's model as a checkpoint (`pipnet_lit.checkpoints.write_checkpoint`)."""
+        return write_checkpoint(self.graph, path, dataset=dataset, **provenance)
 
-        The Lightning layout: ``state_dict`` (``net.*`` + ``_extra_state`` with the float64 mean face),
-        ``hyper_parameters`` (the network settings, ``pretrained=False``) and ``pytorch-lightning_version``;
-        plus ``pipnet_lit`` (format version, ``dataset`` and any ``provenance`` strings). Needs a `PIPNet`.
-        """
-        if not isinstance(self.net, PIPNet):
-            raise TypeError(f"save needs a PIPNet, this predictor wraps a {type(self.net).__name__}")
-        net = self.net
-        state: dict[str, Any] = {f"net.{k}": v.detach().cpu().clone() for k, v in net.state_dict().items()}
-        state["_extra_state"] = {"meanface": self.meanface.clone()}
-        hparams = {
-            "backbone": net.backbone_name,
-            "num_landmarks": net.num_landmarks,
-            "num_nb": net.num_nb,
-            "net_stride": net.net_stride,
-            "input_size": self.input_size,
-            "pretrained": False,
-            "coarse_levels": net.coarse_levels,
-            "merge": self.merge,
-        }
-        try:
-            version = importlib.metadata.version("lightning")
-        except importlib.metadata.PackageNotFoundError:
-            version = "2.0.0"
-        info = {"format": CHECKPOINT_FORMAT, "dataset": dataset, **{k: str(v) for k, v in provenance.items()}}
-        ckpt = {
-            "state_dict": state,
-            "hyper_parameters": hparams,
-            "pytorch-lightning_version": version,
-            "epoch": 0,
-            "global_step": 0,
-            "pipnet_lit": info,
-        }
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(ckpt, path)
-        return path
+    # -- what it wraps -----------------------------------------------------------------------------
+    @property
+    def net(self) -> nn.Module:
+        return self.graph.net
 
-    # -- device and tables -------------------------------------------------------------------------
+    @property
+    def meanface(self) -> Tensor:
+        """(L, 2) float64 mean face on the CPU."""
+        return self.graph.meanface_cpu
+
+    @property
+    def merge(self) -> bool:
+        return self.graph.merge
+
+    @property
+    def num_nb(self) -> int:
+        return self.graph.num_nb
+
+    @property
+    def input_size(self) -> int:
+        return self.graph.input_size
+
     @property
     def num_landmarks(self) -> int:
-        return int(self.meanface.shape[0])
+        return self.graph.num_landmarks
 
     @property
     def device(self) -> torch.device:
-        """The device of the network's first parameter or buffer (CPU for a network without any)."""
+        """The device of the network's first parameter or buffer (the tables' when it has none)."""
         for tensor in (*self.net.parameters(), *self.net.buffers()):
             return tensor.device
-        return torch.device("cpu")
+        return self.graph.device
 
     def to(self, device: torch.device | str) -> Predictor:
-        """Move the network (in place) to ``device``; returns self."""
-        self.net.to(device)
+        """Move the network and its tables (in place) to ``device``; returns self."""
+        self.graph.to(device)
         return self
 
     def neighbors(self, device: torch.device | str | None = None) -> Neighbors:
-        """The neighbour tables (built once from the mean face) on ``device`` (default: the network's)."""
-        dev = torch.device(device) if device is not None else self.device
-        if dev.type == "cuda" and dev.index is None:
-            dev = torch.device("cuda", torch.cuda.current_device())
-        if dev not in self._neighbors:
-            self._neighbors[dev] = self._neighbors[torch.device("cpu")].to(dev)
-        return self._neighbors[dev]
+        """The neighbour tables on ``device`` (default: the graph's)."""
+        tables = self.graph.neighbors()
+        return (
+            tables if device is None or tables.indices.device == torch.device(device) else tables.to(device)
+        )
 
     # -- prediction --------------------------------------------------------------------------------
     def decode(self, outputs: PIPOutputs) -> CropPrediction:
-        """Head outputs -> landmarks (B, L, 2) in crop fractions and scores (B, L), on the outputs' device."""
-        details = decode_details(outputs, self.neighbors(outputs[0].device))
-        return CropPrediction(details.merged if self.merge else details.own, details.max_score)
+        """Head outputs -> landmarks (B, L, 2) crop fractions and scores (B, L) (`LandmarkGraph.decode`)."""
+        return self.graph.decode(outputs)
 
     def landmarks(self, images: Tensor) -> CropPrediction:
-        """Forward + decode of preprocessed images (B, 3, S, S) on the network's device.
-
-        Changes neither the network's mode nor the autograd state (the LightningModule calls this inside its
-        own loops); `crops` and `__call__` are the inference entry points.
-        """
-        return self.decode(self.net(images))
+        """Forward + decode of preprocessed images (B, 3, S, S) on the network's device; changes neither the
+        network's mode nor the autograd state. `crops` and `__call__` are the inference entry points."""
+        return self.graph.landmarks(images)
 
     def crops(self, batch: np.ndarray | Tensor) -> CropPrediction:
         """Landmarks of ready crops, in batches of ``batch_size``, under ``torch.inference_mode``.
@@ -523,119 +401,16 @@ class Predictor:
         return CropPrediction(torch.cat(landmarks), torch.cat(scores))
 
     def __call__(
-        self, image: str | Path | np.ndarray | Any, boxes: Any, *, color: Literal["bgr", "rgb"] = "bgr"
+        self, image: str | Path | np.ndarray | Any, boxes_xyxy: Any, *, color: Literal["bgr", "rgb"] = "bgr"
     ) -> FacePrediction:
-        """Landmarks of the faces in ``boxes`` (N, 4) ``(x0, y0, x1, y1)`` image pixels (the crop boxes).
+        """Landmarks of the faces in ``boxes_xyxy`` (N, 4) ``(x0, y0, x1, y1)`` image pixels (crop boxes).
 
         ``image``: a file path, a PIL image or a numpy array (BGR unless ``color="rgb"``). Boxes from a face
         detector are turned into crop boxes with the detector's rule first (`pipnet_lit.detect`).
         """
         bgr = load_image(image, color)
-        crops, frames = crop_faces(bgr, boxes, self.input_size)
+        crops, frames = crop_faces(bgr, boxes_xyxy, self.input_size)
         pred = self.crops(crops)
         norm = pred.landmarks.numpy()
         pixels = uncrop(norm.astype(np.float64), frames)
         return FacePrediction(pixels, pred.scores.numpy(), frames, norm)
-
-
-# -- official weights ----------------------------------------------------------------------------------
-
-
-def read_official_meanface(path: str | Path) -> np.ndarray:
-    """The official ``meanface.txt``: first line, 2L numbers ``x1 y1 x2 y2 ...`` -> (L, 2) float64."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"mean face file {path} does not exist (the official data/<dataset>/meanface.txt)"
-        )
-    lines = path.read_text(encoding="utf-8").splitlines()
-    try:
-        values = [float(v) for v in lines[0].split()] if lines else []
-    except ValueError as err:
-        raise ValueError(f"{path}:1: the mean face must be numbers separated by spaces ({err})") from None
-    if not values or len(values) % 2:
-        raise ValueError(f"{path}:1: expected 2L numbers x1 y1 x2 y2 ..., got {len(values)}")
-    mf = np.asarray(values, dtype=np.float64).reshape(-1, 2)
-    if not np.isfinite(mf).all():
-        raise ValueError(f"{path}:1: the mean face holds NaN or inf")
-    return mf
-
-
-def load_official_weights(path: str | Path) -> dict[str, Tensor]:
-    """The state dict of an official ``epoch*.pth`` (``torch.load(weights_only=True)``, ``module.`` prefixes
-    of ``nn.DataParallel`` removed); clear errors for a missing file, a non-torch file or our checkpoint."""
-    path = Path(path)
-    return _check_state(_torch_load(path, "official weights"), str(path))
-
-
-def _check_state(state: Any, source: str) -> dict[str, Tensor]:
-    if isinstance(state, dict) and "state_dict" in state and "hyper_parameters" in state:
-        raise ValueError(f"{source} is a pipnet-lit checkpoint, not official weights: use from_checkpoint")
-    if not isinstance(state, dict) or not state or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"{source} is not a state dict of tensors (the official epoch*.pth files are)")
-    return {k.removeprefix("module."): v for k, v in state.items()}
-
-
-def describe_official_weights(state: dict[str, Tensor]) -> dict[str, Any]:
-    """What an official state dict was built with: backbone, num_landmarks, num_nb, net_stride.
-
-    Read from the key names and head shapes (the official class names equal ours); a value that cannot be
-    told is None. ResNets: bottleneck blocks (``layer1.0.conv3``) and the block count of ``layer3`` (6:
-    resnet50, 23: resnet101); MobileNets: the head's input channels (1280: v2, 960: v3).
-    """
-    out: dict[str, Any] = dict.fromkeys(("backbone", "num_landmarks", "num_nb", "net_stride"))
-    cls_w, nb_w = state.get("cls_layer.weight"), state.get("nb_x_layer.weight")
-    if cls_w is not None:
-        out["num_landmarks"] = int(cls_w.shape[0])
-        if nb_w is not None and nb_w.shape[0] % cls_w.shape[0] == 0:
-            out["num_nb"] = int(nb_w.shape[0] // cls_w.shape[0])
-    if "deconv1.weight" in state:
-        out["net_stride"] = 16
-    elif "layer6.weight" in state:
-        out["net_stride"] = 128
-    elif "layer5.weight" in state:
-        out["net_stride"] = 64
-    elif cls_w is not None:
-        out["net_stride"] = 32
-    if any(k.startswith("features.") for k in state):
-        by_channels = {BACKBONES[name].channels: name for name in ("mobilenet_v2", "mobilenet_v3")}
-        out["backbone"] = by_channels.get(int(cls_w.shape[1])) if cls_w is not None else None
-    elif "conv1.weight" in state:
-        blocks = {int(k.split(".")[1]) for k in state if k.startswith("layer3.")}
-        if "layer1.0.conv3.weight" not in state:
-            out["backbone"] = "resnet18" if len(blocks) == 2 else None
-        else:
-            out["backbone"] = {6: "resnet50", 23: "resnet101"}.get(len(blocks))
-    return out
-
-
-def _torch_load(path: Path, what: str) -> Any:
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} {path} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle errors, truncated zips, non-torch files
-        raise ValueError(
-            f"cannot read {what} {path} with torch.load(weights_only=True) ({type(err).__name__}: {err}); "
-            "is it a PyTorch file?"
-        ) from err
-
-
-def _load_strict(net: nn.Module, state: dict[str, Tensor], source: str) -> None:
-    """``load_state_dict(strict=True)`` with a message listing what is missing, extra or mis-shaped."""
-    own = net.state_dict()
-    missing = sorted(set(own) - set(state))
-    extra = sorted(set(state) - set(own))
-    shapes = [
-        f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-        for k in own
-        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
-    ]
-    if missing or extra or shapes:
-        parts = []
-        for name, items in (("missing", missing), ("unexpected", extra), ("shape (file vs model)", shapes)):
-            if items:
-                more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
-                parts.append(f"{name}: {items[:5]}{more}")
-        raise ValueError(f"{source} does not fit the network: " + "; ".join(parts))
-    net.load_state_dict(state, strict=True)

@@ -19,8 +19,9 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+from pipnet_lit.checkpoints import read_checkpoint
 from pipnet_lit.config import instantiate_group
-from pipnet_lit.reporting import report, tested_results
+from pipnet_lit.run_results import report, tested_results
 
 
 @dataclass
@@ -103,7 +104,9 @@ def fit_and_test(job: Job, datamodule: L.LightningDataModule) -> dict[str, Any]:
             callback = trainer.checkpoint_callback
             found = getattr(callback, f"{ckpt}_model_path", "") if callback else ""
             ckpt = found or None  # no checkpoint (e.g. fast_dev_run): test the weights in memory
-        trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
+        if ckpt is not None:  # the one checkpoint reader; Lightning reads checkpoints only to resume
+            model.load_state_dict(read_checkpoint(ckpt).state_dict, strict=True)
+        trainer.test(model, datamodule=datamodule, verbose=False)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
         results = tested_results(model, trainer)
         if results and trainer.is_global_zero:
@@ -120,10 +123,21 @@ def run_job(cfg: DictConfig, datamodule: L.LightningDataModule) -> tuple[dict[st
 
 
 def load_trained_model(ckpt_path: str | Path) -> Any:
-    """A trained `PIPNetModule` from a checkpoint, on the CPU, without fetching ImageNet weights."""
+    """A trained `PIPNetModule` from a checkpoint, on the CPU, without fetching ImageNet weights.
+
+    Read by `pipnet_lit.checkpoints.read_checkpoint` (the reader every consumer shares); the module is built
+    from the recorded hyper-parameters (``pretrained=False``) and its state loaded strictly.
+    """
+    import inspect
+
     from pipnet_lit.lit_module import PIPNetModule
 
     path = Path(ckpt_path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist (ckpt_path=...)")
-    return PIPNetModule.load_from_checkpoint(path, map_location="cpu", pretrained=False)
+    ckpt = read_checkpoint(path)
+    accepted = inspect.signature(PIPNetModule.__init__).parameters
+    hparams = {k: v for k, v in ckpt.hparams.items() if k in accepted}
+    module = PIPNetModule(**{**hparams, "pretrained": False})
+    module.load_state_dict(ckpt.state_dict, strict=True)
+    return module

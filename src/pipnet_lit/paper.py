@@ -2,7 +2,7 @@
 
 Keys are the ones our runs write: the subset as in ``test_metrics.json`` (``<dataset>_<subset>``, the dataset
 YAML's ``name``), the metric key from the dataset YAML's ``metrics:`` and ``model.backbone``. Values are in
-percent, as published. ``python -m pipnet_lit.report`` puts them beside each matching run.
+percent, as published. ``python -m pipnet_lit.compare`` puts them beside each matching run.
 """
 
 from __future__ import annotations

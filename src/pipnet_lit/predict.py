@@ -43,9 +43,8 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from omegaconf import MISSING, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
+from pipnet_lit.cli import Command, HelpRequested, UsageError, option
 from pipnet_lit.detect import Detections, FaceDetector, build_detector
 from pipnet_lit.inference import ImageReadError, Predictor, crop_faces, load_image, uncrop
 from pipnet_lit.smoothing import LandmarkSmoother
@@ -77,44 +76,49 @@ class PredictError(RuntimeError):
 class SmoothingConfig:
     """One Euro filter settings (see `pipnet_lit.smoothing`); speed is in face sizes per second."""
 
-    min_cutoff: float = 1.0
-    beta: float = 5.0
-    d_cutoff: float = 1.0
-    min_iou: float = 0.3
+    min_cutoff: float = option(1.0, help="One Euro filter: minimum cutoff frequency (Hz)")
+    beta: float = option(5.0, help="One Euro filter: speed coefficient")
+    d_cutoff: float = option(1.0, help="One Euro filter: cutoff of the speed estimate (Hz)")
+    min_iou: float = option(0.3, help="a face in the next frame continues a track at this box IoU")
 
 
 @dataclass
 class DrawConfig:
     """What the annotated images show; colours are BGR."""
 
-    points: bool = True
-    lines: bool = True  # the scheme's groups as polylines (needs scheme=)
-    boxes: bool = True  # the crop box of each face
-    radius: int = 0  # 0: from the face size
-    color: list[int] = field(default_factory=lambda: [0, 255, 0])
-    box_color: list[int] = field(default_factory=lambda: [0, 0, 255])
+    points: bool = option(True, help="draw the landmarks")
+    lines: bool = option(True, help="draw the scheme's groups as polylines (needs scheme=)")
+    boxes: bool = option(True, help="draw the crop box of each face")
+    radius: int = option(0, help="point radius in pixels (0: from the face size)")
+    color: list[int] = option([0, 255, 0], help="landmark colour, B,G,R")
+    box_color: list[int] = option([0, 0, 255], help="box colour, B,G,R")
 
 
 @dataclass
 class PredictConfig:
     """Options of ``python -m pipnet_lit.predict`` (see the module docstring)."""
 
-    ckpt: str = MISSING
-    input: str = MISSING
-    output: str = "predictions"
-    detector: str = "haar"
-    detector_args: dict[str, Any] = field(default_factory=dict)
-    crop: dict[str, float] | None = None
-    scheme: str | None = None
-    batch_size: int = 32
-    device: str = "auto"
-    smooth: bool = False
-    smoothing: SmoothingConfig = field(default_factory=SmoothingConfig)
-    draw: DrawConfig = field(default_factory=DrawConfig)
-    save_images: bool = True
-    max_frames: int | None = None
-    fps: float | None = None
-    progress: bool = True
+    ckpt: str = option(help="a pipnet-lit checkpoint (training's *.ckpt, or pipnet_lit.convert's output)")
+    input: str = option(help="an image, a folder of images, a video file, or a webcam index (0, 1, ...)")
+    output: str = option("predictions", help="output folder (not the input folder)")
+    detector: str = option("haar", help="haar, mtcnn, whole, or a class path pkg.module:Class")
+    detector_args: dict[str, Any] = option(
+        {}, help="the detector's arguments, e.g. detector_args.angles=[-20,0,20]"
+    )
+    crop: dict[str, float] | None = option(None, help="the detector box -> crop rule, e.g. crop.scale_x=1.2")
+    scheme: str | None = option(None, help="landmark scheme (ibug68, wflw98, ... or a YAML path) to draw")
+    batch_size: int = option(32, help="faces per forward pass")
+    device: str = option("auto", help="auto, cpu or cuda")
+    smooth: bool = option(False, help="One Euro filter on video landmarks per face track")
+    smoothing: SmoothingConfig = option(default_factory=SmoothingConfig, help="smoothing settings")
+    draw: DrawConfig = option(default_factory=DrawConfig, help="drawing settings")
+    save_images: bool = option(True, help="write annotated images / video (false: JSON only)")
+    max_frames: int | None = option(None, help="stop a video or webcam after this many frames")
+    fps: float | None = option(None, help="frame rate for inputs that do not report one")
+    progress: bool = option(True, help="show a progress bar")
+
+
+COMMAND = Command(PredictConfig, prog="python -m pipnet_lit.predict", doc=__doc__, style="key=value")
 
 
 @dataclass
@@ -148,19 +152,9 @@ class PredictSummary:
 
 
 def parse_config(argv: Sequence[str]) -> PredictConfig:
-    """``key=value`` arguments (OmegaConf dotlist) merged over the defaults, type-checked."""
-    bad = [a for a in argv if "=" not in a]
-    if bad:
-        raise ValueError(f"arguments must be key=value (e.g. ckpt=model.ckpt input=photo.jpg), got {bad}")
-    base = OmegaConf.structured(PredictConfig)
-    try:
-        cfg = OmegaConf.merge(base, OmegaConf.from_dotlist(list(argv)))
-        missing = [k for k in ("ckpt", "input") if OmegaConf.is_missing(cfg, k)]
-    except OmegaConfBaseException as err:
-        raise ValueError(f"bad option: {err}".splitlines()[0]) from None
-    if missing:
-        raise ValueError(f"missing {' and '.join(f'{k}=...' for k in missing)}")
-    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+    """``key=value`` arguments (nested with dots) over the defaults, type-checked (`pipnet_lit.cli`);
+    `pipnet_lit.cli.UsageError` names a bad key or value."""
+    return COMMAND.parse(argv)
 
 
 # -- drawing ---------------------------------------------------------------------------------------------
@@ -236,13 +230,13 @@ class _FaceBatcher:
 
     def add(self, key: Any, image: np.ndarray) -> None:
         detections = self.detector.detect(image)
-        crop_boxes = self.detector.crop_rule.apply(detections.boxes)
+        crop_boxes = self.detector.crop_rule.apply(detections.boxes_xyxy)
         h, w = image.shape[:2]  # a crop box that misses the image entirely is no face (crop_faces refuses it)
         inside = (np.trunc(np.minimum(crop_boxes[:, 2], w)) > np.trunc(np.maximum(crop_boxes[:, 0], 0))) & (
             np.trunc(np.minimum(crop_boxes[:, 3], h)) > np.trunc(np.maximum(crop_boxes[:, 1], 0))
         )
         if not inside.all():
-            detections = Detections(detections.boxes[inside], detections.scores[inside])
+            detections = Detections(detections.boxes_xyxy[inside], detections.scores[inside])
             crop_boxes = crop_boxes[inside]
         crops, frames = crop_faces(image, crop_boxes, self.predictor.input_size)
         self.pending.append(_Pending(key, image, detections, frames, crops))
@@ -264,7 +258,7 @@ class _FaceBatcher:
             pixels = uncrop(norm[start:stop], p.crop_boxes)
             faces = [
                 {
-                    "box": p.detections.boxes[i],
+                    "box": p.detections.boxes_xyxy[i],
                     "score": float(p.detections.scores[i]),
                     "crop_box": p.crop_boxes[i],
                     "landmarks": pixels[i],
@@ -528,15 +522,13 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit code (0 done, 1 bad input, 2 bad options)."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in args):
-        print(__doc__)
-        print(OmegaConf.to_yaml(OmegaConf.structured(PredictConfig)))
-        return 0
     try:
-        cfg = parse_config(args)
-    except ValueError as err:
-        print(f"error: {err}\n(python -m pipnet_lit.predict --help lists the options)", file=sys.stderr)
+        cfg = parse_config(list(sys.argv[1:] if argv is None else argv))
+    except HelpRequested as done:
+        print(done.text, end="")
+        return 0
+    except UsageError as err:
+        print(f"{COMMAND.prog}: error: {err.message}\n{err.usage}", file=sys.stderr)
         return 2
     try:
         summary = predict(cfg)

@@ -1,144 +1,33 @@
-"""Results on disk: the NME / FR / AUC table printed after testing, its JSON twin (`test_metrics.json`),
-and the per-image NMEs (`test_per_image.csv`) that any run can be re-scored or re-plotted from."""
+"""Deprecated alias of `pipnet_lit.run_results` (one run's results) and `pipnet_lit.presentation` (cells and
+tables), kept for one release: import from those modules instead."""
 
-from __future__ import annotations
+from pipnet_lit.presentation import format_metric, is_percent, markdown_table, metrics_table
+from pipnet_lit.run_results import (
+    METRICS_NAME,
+    PER_IMAGE_NAME,
+    PerImage,
+    print_metrics,
+    read_per_image_results,
+    report,
+    results_from_metrics,
+    tested_results,
+    write_metrics,
+    write_per_image_results,
+)
 
-import csv
-import json
-import math
-from collections.abc import Mapping
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import numpy as np
-from rich.console import Console
-from rich.table import Table
-
-if TYPE_CHECKING:
-    from pipnet_lit.lit_module import EvalResults
-
-METRICS_NAME = "test_metrics.json"
-PER_IMAGE_NAME = "test_per_image.csv"
-
-
-def is_percent(metric: str) -> bool:
-    """NMEs, failure rates and hit rates are shown in %; AUCs and rank correlations as they are."""
-    return not metric.removeprefix("pl_").startswith(("auc", "spearman"))
-
-
-def format_metric(key: str, value: float | None) -> str:
-    """One table cell: ``12.00`` (% for NME / FR / hit rates), ``0.6123`` (AUC, correlations), ``-``."""
-    if value is None:
-        return "-"
-    if math.isnan(value):
-        return "nan"
-    return f"{100 * value:.2f}" if is_percent(key) else f"{value:.4f}"
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    """A GitHub Markdown table (``|`` inside a cell escaped)."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def metrics_table(results: dict[str, dict[str, float]], title: str = "Test results") -> Table:
-    """A table with one row per subset; NME and FR in percent, AUC as a fraction (as papers report)."""
-    table = Table(title=title)
-    keys: list[str] = []
-    for values in results.values():
-        keys += [k for k in values if k not in keys]
-    table.add_column("subset")
-    for key in keys:
-        table.add_column(f"{key} (%)" if is_percent(key) else key, justify="right")
-    for subset, values in results.items():
-        table.add_row(subset, *(format_metric(key, values.get(key)) for key in keys))
-    return table
-
-
-def print_metrics(results: dict[str, dict[str, float]], title: str = "Test results") -> None:
-    Console().print(metrics_table(results, title))
-
-
-def write_metrics(results: dict[str, dict[str, float]], path: str | Path) -> Path:
-    """Write results as JSON (fractions, not percent)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    return path
-
-
-def results_from_metrics(metrics: Mapping[str, Any], stage: str = "test") -> dict[str, dict[str, float]]:
-    """``{subset: {metric: value}}`` from logged ``<stage>/<subset>/<metric>`` values (e.g. a trainer's
-    ``callback_metrics``); keys of other shapes (``test/nme``, ``train/loss``) are left out."""
-    results: dict[str, dict[str, float]] = {}
-    for key, value in metrics.items():
-        parts = key.split("/")
-        if len(parts) == 3 and parts[0] == stage:
-            results.setdefault(parts[1], {})[parts[2]] = float(value)
-    return results
-
-
-def tested_results(model: Any, trainer: Any) -> dict[str, dict[str, float]]:
-    """The last ``trainer.test`` pass's ``{subset: {metric: value}}``: the module's own exact results, or,
-    when the test ran in spawned workers (ddp_spawn) and this process's module holds none, the synced
-    metrics the workers sent back in ``trainer.callback_metrics``."""
-    return model.test_results or results_from_metrics(trainer.callback_metrics, "test")
-
-
-def report(results: dict[str, dict[str, float]], output_dir: str | Path, title: str = "Test results") -> Path:
-    """Print the results table and write `test_metrics.json` into a run folder."""
-    print_metrics(results, title)
-    return write_metrics(results, Path(output_dir) / METRICS_NAME)
-
-
-@dataclass
-class PerImage:
-    """One subset's rows of a per-image results file: image names and NME key -> (N,) float64 NMEs."""
-
-    names: list[str]
-    nmes: dict[str, np.ndarray]
-
-
-def write_per_image_results(results: dict[str, EvalResults], keys: list[str], path: str | Path) -> Path:
-    """One CSV row per (subset, image): ``subset, name, <key>...``, the per-image NMEs (fractions, exact).
-
-    ``results`` maps each subset key to its `EvalResults` (the evaluation pass); rows follow the subsets'
-    order, images in index order within each subset. Values are written with ``repr`` (they read back
-    bit-exact).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["subset", "name", *keys])
-        for subset, res in results.items():
-            for row, name in enumerate(res.names):
-                writer.writerow([subset, name, *(repr(float(res.nmes[key][row])) for key in keys)])
-    return path
-
-
-def read_per_image_results(path: str | Path) -> dict[str, PerImage]:
-    """Read a `write_per_image_results` file (a run's ``test_per_image.csv``): subset -> `PerImage`."""
-    path = Path(path)
-    with path.open(newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if not header or header[:2] != ["subset", "name"]:
-            raise ValueError(f"{path}: not a per-image results file (its header must start subset,name)")
-        keys = header[2:]
-        rows: dict[str, list[list[str]]] = {}
-        for line, row in enumerate(reader, start=2):
-            if len(row) != len(header):
-                raise ValueError(f"{path}, line {line}: {len(row)} values, the header has {len(header)}")
-            rows.setdefault(row[0], []).append(row[1:])
-    return {
-        subset: PerImage(
-            names=[r[0] for r in body],
-            nmes={
-                key: np.array([float(r[1 + k]) for r in body], dtype=np.float64) for k, key in enumerate(keys)
-            },
-        )
-        for subset, body in rows.items()
-    }
+__all__ = [
+    "METRICS_NAME",
+    "PER_IMAGE_NAME",
+    "PerImage",
+    "format_metric",
+    "is_percent",
+    "markdown_table",
+    "metrics_table",
+    "print_metrics",
+    "read_per_image_results",
+    "report",
+    "results_from_metrics",
+    "tested_results",
+    "write_metrics",
+    "write_per_image_results",
+]

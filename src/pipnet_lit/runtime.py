@@ -33,15 +33,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pipnet_lit.checkpoints import read_checkpoint
 from pipnet_lit.export import (
     INPUT_NAME,
     OUTPUT_NAMES,
     TORCHSCRIPT_EXTRA,
-    LandmarkGraph,
+    graph_metadata,
     read_onnx_metadata,
     read_openvino_metadata,
     require_module,
 )
+from pipnet_lit.landmark_graph import LandmarkGraph
 
 BACKENDS = ("eager", "torchscript", "onnxruntime", "openvino")
 PRECISIONS: dict[str, tuple[str, ...]] = {
@@ -108,7 +110,7 @@ class EagerRuntime(Runtime):
     backend = "eager"
 
     def __init__(self, graph: LandmarkGraph, precision: str = "fp32", device: str = "cpu") -> None:
-        super().__init__(precision, graph.metadata(precision), device)
+        super().__init__(precision, graph_metadata(graph, precision), device)
         # a copy: channels-last weights and the device move must not change the caller's module
         self.graph = copy.deepcopy(graph).eval().to(device).to(memory_format=torch.channels_last)
 
@@ -246,9 +248,7 @@ def load_runtime(
     if device != "cpu" and backend in ("onnxruntime", "openvino"):
         raise ValueError(f"backend {backend!r} runs on the CPU here; use device='cpu'")
     if backend == "eager":
-        return EagerRuntime(
-            LandmarkGraph.from_checkpoint(path), _precision(backend, precision, None, path), device
-        )
+        return EagerRuntime(read_checkpoint(path).graph(), _precision(backend, precision, None, path), device)
     if backend == "torchscript":
         return TorchScriptRuntime(path, _precision(backend, precision, None, path), device)
     if backend == "onnxruntime":

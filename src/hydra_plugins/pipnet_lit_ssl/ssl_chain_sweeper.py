@@ -169,7 +169,7 @@ class SSLChainSweeper(Sweeper):
         except Exception as err:  # the rounds are on disk; the summary can be made again
             log.error(
                 f"ssl_chain: the seed summary of {folder} failed ({err}); make it with "
-                f"python -m pipnet_lit.report {folder}"
+                f"python -m pipnet_lit.compare {folder}"
             )
             return
         log.info(f"ssl_chain: seed summary in {', '.join(str(p) for p in paths.values())}")

@@ -315,18 +315,23 @@ def _jsonable(value: Any) -> Any:
 # -- reading a cache -----------------------------------------------------------------------------------------
 @dataclass
 class CachedSplit:
-    """A prepared split: crop paths, names, landmarks (N, L, 2) normalized (None: unlabeled), boxes
-    (N, 4) float64 ``[x0, y0, w, h]`` in source pixels, attributes per face."""
+    """A prepared split: crop paths, names, landmarks (N, L, 2) normalized (None: unlabeled),
+    ``boxes_xywh`` (N, 4) float64 ``[x0, y0, w, h]`` crop boxes in source pixels, attributes per face."""
 
     cache_dir: Path
     names: list[str]
     image_paths: list[Path]
     landmarks: np.ndarray | None
-    boxes: np.ndarray
+    boxes_xywh: np.ndarray
     attributes: list[dict[str, Any]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.names)
+
+    @property
+    def boxes(self) -> np.ndarray:
+        """Deprecated name of `boxes_xywh` (kept for one release)."""
+        return self.boxes_xywh
 
     def select(self, indices: Sequence[int] | np.ndarray) -> CachedSplit:
         """The faces at ``indices`` (0-based positions), in that order."""
@@ -336,7 +341,7 @@ class CachedSplit:
             [self.names[i] for i in idx],
             [self.image_paths[i] for i in idx],
             None if self.landmarks is None else self.landmarks[idx],
-            self.boxes[idx],
+            self.boxes_xywh[idx],
             [self.attributes[i] for i in idx],
         )
 

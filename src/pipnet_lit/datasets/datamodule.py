@@ -6,15 +6,20 @@ which subsets evaluate and which split is the unlabeled pool. So 300W alone, WFL
 subsets, or 300W labeled + CelebA unlabeled + COFW-68 / WFLW-68 tests are all the same code.
 
 Evaluation reads each split once: subsets (300W ``common`` / ``challenge`` / ``full``, WFLW's attribute
-subsets) are index selections of it, and the module scores every subset from that one pass.
+subsets) are index selections of it, and the module scores every subset from that one pass. What it scores
+is one typed plan (``evaluation_plan(stage)``, a `pipnet_lit.evaluation.EvalPlan`).
+
+A download that is made rather than fetched (the synthetic faces) is one more *source*: an object with
+``prepare(folder: Path) -> None`` (`PreparedSource`) that ``prepare_data`` runs on its folder before reading.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import lightning as L
 import numpy as np
@@ -29,6 +34,7 @@ from pipnet_lit.datasets.meta import DatasetMeta, SubsetSpec, load_dataset_meta
 from pipnet_lit.datasets.readers import read_records
 from pipnet_lit.datasets.records import BadInput, MissingDownloadError
 from pipnet_lit.datasets.transforms import build_eval_transform, build_train_transform
+from pipnet_lit.evaluation import EvalPlan, LoaderPlan
 from pipnet_lit.pip import TASKS, compute_meanface
 
 
@@ -38,6 +44,18 @@ def _plain(value: Any) -> Any:
     return (
         OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
     )
+
+
+@runtime_checkable
+class PreparedSource(Protocol):
+    """A raw download that is made on the spot (e.g. `pipnet_lit.synthetic.SyntheticFaces`).
+
+    ``prepare(folder)`` materializes the download in ``folder`` (``<data.root>/<the splits' dir>``) in the
+    layout its reader expects; it must be idempotent (a no-op when the folder already holds it) and
+    deterministic (the same arguments write the same files).
+    """
+
+    def prepare(self, folder: Path) -> None: ...
 
 
 @dataclass
@@ -89,8 +107,10 @@ class LandmarkDataModule(L.LightningDataModule):
         crop_scale: overrides the ``scale`` of every split that sets one (e.g. 1.3 for 300W).
         eval_subsets: test subsets to evaluate (default: all the YAML names).
         augment: keyword arguments for ``build_train_transform`` (probabilities, ranges).
-        synthetic: keyword arguments for ``pipnet_lit.synthetic.generate_dataset``, run in ``prepare_data``
-            into ``root / <dir>`` (a no-op when the data on disk already match).
+        sources: download folder (relative to ``root``: the ``dir`` of the YAML's splits, e.g. ``synthetic``)
+            -> `PreparedSource` that ``prepare_data`` runs on ``root / folder`` before reading the splits
+            stored there (only folders this run reads). In a Hydra config each is a ``_target_`` entry, e.g.
+            ``sources: {synthetic: {_target_: pipnet_lit.synthetic.SyntheticFaces, n_train: 1500, ...}}``.
         load_train: prepare and load the training splits (and the mean face). Evaluating a checkpoint sets
             this to False: it needs only the test splits.
         load_unlabeled: prepare and load the unlabeled pool (default: when the YAML defines one).
@@ -119,7 +139,7 @@ class LandmarkDataModule(L.LightningDataModule):
         crop_scale: float | None = None,
         eval_subsets: list[str] | str | None = None,
         augment: dict[str, Any] | None = None,
-        synthetic: dict[str, Any] | None = None,
+        sources: Mapping[str, PreparedSource] | None = None,
         pin_memory: bool = False,
         load_train: bool = True,
         load_unlabeled: bool | None = None,
@@ -132,14 +152,17 @@ class LandmarkDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         # plain Python containers (not Hydra's DictConfig) so checkpoints load with weights_only=True
-        eval_subsets, augment, synthetic, bad_input, split_overrides, pseudo_labels = (
-            _plain(v) for v in (eval_subsets, augment, synthetic, bad_input, split_overrides, pseudo_labels)
+        eval_subsets, augment, bad_input, split_overrides, pseudo_labels = (
+            _plain(v) for v in (eval_subsets, augment, bad_input, split_overrides, pseudo_labels)
         )
         if isinstance(eval_subsets, str):
             eval_subsets = [eval_subsets]
         bad_input = {"train": "skip", "eval": "raise", **(bad_input or {})}
-        self.save_hyperparameters(logger=False)
+        # sources are objects, not hyperparameters (checkpoints load with weights_only=True); the run's
+        # config.yaml records how they were built
+        self.save_hyperparameters(logger=False, ignore=["sources"])
         self.meta: DatasetMeta = load_dataset_meta(str(meta))
+        self.sources = self._check_sources(sources)
         self.root = Path(root)
         self.cache_dir = Path(cache_dir)
         unknown = sorted(set(eval_subsets or ()) - set(self.meta.test))
@@ -202,10 +225,24 @@ class LandmarkDataModule(L.LightningDataModule):
     def _uses_val_split(self) -> bool:
         return float(self.hparams.val_fraction) > 0 and bool(self.hparams.load_train)
 
-    @property
-    def metric_specs(self) -> list[dict[str, Any]]:
-        """The dataset's NME definitions (key, norm, index groups); the first is the primary one."""
-        return [m.as_dict() for m in self.meta.metrics]
+    def _check_sources(self, sources: Mapping[str, Any] | None) -> dict[str, PreparedSource]:
+        folders = sorted({spec.dir for spec in self.meta.splits.values()})
+        checked = {}
+        for folder, source in dict(sources or {}).items():
+            if source is None:  # a config may switch a source off with `data.sources.<folder>=null`
+                continue
+            if str(folder) not in folders:
+                raise ValueError(
+                    f"data.sources.{folder}: dataset {self.meta.name!r} reads no folder {folder!r}; its "
+                    f"splits live in {folders} (under data.root)"
+                )
+            if not isinstance(source, PreparedSource):
+                raise TypeError(
+                    f"data.sources.{folder} must have a prepare(folder) method (e.g. a _target_ such as "
+                    f"pipnet_lit.synthetic.SyntheticFaces), got {type(source).__name__}"
+                )
+            checked[str(folder)] = source
+        return checked
 
     def _use_unlabeled(self) -> bool:
         flag = self.hparams.load_unlabeled
@@ -258,7 +295,8 @@ class LandmarkDataModule(L.LightningDataModule):
 
     # -- Lightning hooks ---------------------------------------------------------------------------
     def prepare_data(self) -> None:
-        """Generate the synthetic data if asked, then read and crop every split this run needs (cached).
+        """Prepare the sources of the folders this run reads (``sources``), then read and crop every split
+        this run needs (cached).
 
         Jobs sharing ``cache_dir`` run this one at a time (a lock file there), so parallel jobs on a fresh
         data folder do not render or crop the same files at once."""
@@ -266,12 +304,9 @@ class LandmarkDataModule(L.LightningDataModule):
             self._prepare_data()
 
     def _prepare_data(self) -> None:
-        if self.hparams.synthetic is not None:
-            from pipnet_lit.synthetic import generate_dataset
-
-            folders = {self.meta.splits[s].dir for s in self._needed_splits()}
-            for folder in sorted(folders):
-                generate_dataset(self.root / folder, **self.hparams.synthetic)
+        folders = {self.meta.splits[s].dir for s in self._needed_splits()}
+        for folder in sorted(folders & set(self.sources)):
+            self.sources[folder].prepare(self.root / folder)
         for split, role in self._needed_splits().items():
             spec = self.meta.splits[split]
             bad = self._bad_input(role, split)
@@ -441,12 +476,21 @@ class LandmarkDataModule(L.LightningDataModule):
         if self._use_unlabeled():
             self.setup_unlabeled()
 
-    # -- evaluation layout (what the module scores on each loader) ---------------------------------
-    def eval_layout(self, stage: str) -> list[dict[str, np.ndarray]]:
-        """For each loader of ``stage`` ('val' / 'test' / 'predict'): subset key -> mask over its images."""
+    # -- the evaluation plan (what the module scores on each loader) -------------------------------
+    def evaluation_plan(self, stage: str) -> EvalPlan:
+        """What ``stage`` ('val' / 'test' / 'predict') evaluates, loader by loader (after ``setup``): each
+        loader's image names and subset masks, the dataset's metrics (the first is the primary one) and the
+        landmark count. Validation uses the held-out split when ``val_fraction`` > 0, else the test pools."""
+        if stage not in ("val", "test", "predict"):
+            raise ValueError(f"evaluation_plan: stage must be 'val', 'test' or 'predict', got {stage!r}")
         if stage == "val" and self._uses_val_split:
-            return [{f"{self.meta.name}_val": np.ones(len(self.val_set), dtype=bool)}]
-        return [pool.subsets for pool in self.eval_pools]
+            if self.val_set is None:
+                raise RuntimeError("evaluation_plan('val'): call setup() first (it holds out the split)")
+            names = tuple(self.val_set.names)
+            loaders = (LoaderPlan(names, {f"{self.meta.name}_val": np.ones(len(names), dtype=bool)}),)
+        else:
+            loaders = tuple(LoaderPlan(tuple(p.dataset.names), dict(p.subsets)) for p in self.eval_pools)
+        return EvalPlan(self.num_landmarks, tuple(self.meta.metrics), loaders)
 
     def _loader(self, dataset: CropDataset, shuffle: bool, batch_size: int) -> DataLoader:
         workers = self.hparams.num_workers

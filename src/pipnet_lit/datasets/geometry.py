@@ -148,12 +148,13 @@ def normalize_points(points: np.ndarray, box: CropBox) -> np.ndarray:
     )
 
 
-def denormalize_points(normalized, frame):
+def denormalize_points(normalized, frame_xywh):
     """Inverse of :func:`normalize_points`: (..., L, 2) fractions -> pixels.
 
-    ``frame`` is a :class:`CropBox` or ``(x0, y0, w, h)`` per sample: an array / tensor (..., 4) that
+    ``frame_xywh`` is a :class:`CropBox` or ``(x0, y0, w, h)`` per sample: an array / tensor (..., 4) that
     broadcasts against the landmarks' leading dimensions (numpy or torch alike).
     """
+    frame = frame_xywh
     if isinstance(frame, CropBox):
         frame = np.asarray(frame.xywh(), dtype=np.float64)
     origin = frame[..., None, 0:2]

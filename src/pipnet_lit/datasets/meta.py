@@ -1,7 +1,7 @@
 """Dataset facts as data: landmark schemes and benchmark descriptions, read from small YAML files.
 
-Built-in files live in `pipnet_lit/datasets/meta/`; a path to a user's own YAML works the same way, so a
-custom landmark set needs no code. Every index is 0-based.
+Built-in files live in `pipnet_lit/datasets/descriptions/`; a path to a user's own YAML works the same way, so
+a custom landmark set needs no code. Every index is 0-based.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-META_DIR = Path(__file__).parent / "meta"
+META_DIR = Path(__file__).parent / "descriptions"
 
 
 class MetaError(ValueError):
@@ -154,7 +154,7 @@ def load_landmark_scheme(name_or_path: str) -> LandmarkScheme:
         if isinstance(err, MetaError):
             raise
         raise MetaError(
-            f"{path}: malformed landmark scheme ({err}); see pipnet_lit/datasets/meta/ibug68.yaml"
+            f"{path}: malformed landmark scheme ({err}); see pipnet_lit/datasets/descriptions/ibug68.yaml"
         ) from err
 
 
@@ -194,7 +194,7 @@ def load_dataset_meta(name_or_path: str) -> DatasetMeta:
         if isinstance(err, MetaError):
             raise
         raise MetaError(
-            f"{path}: malformed dataset description ({err}); see pipnet_lit/datasets/meta/300w.yaml"
+            f"{path}: malformed dataset description ({err}); see pipnet_lit/datasets/descriptions/300w.yaml"
         ) from err
 
 

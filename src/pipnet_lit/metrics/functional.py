@@ -208,12 +208,12 @@ def fr_auc(
     return fr, auc
 
 
-def box_size(boxes: Tensor, kind: str) -> Tensor:
+def box_size(boxes_xywh: Tensor, kind: str) -> Tensor:
     """Per-sample size (B,) of boxes (B, 4) ``[x0, y0, w, h]`` in pixels, for box-normalized NMEs.
 
     ``box_diag`` = sqrt(w^2 + h^2), ``box_sqrt_area`` = sqrt(w * h), ``box_long_side`` = max(w, h) (MMPose).
     """
-    wh = boxes[..., 2:4].to(_work_dtype(boxes.device))
+    wh = boxes_xywh[..., 2:4].to(_work_dtype(boxes_xywh.device))
     if kind == "box_diag":
         return wh.square().sum(dim=-1).sqrt()
     if kind == "box_sqrt_area":

@@ -9,7 +9,7 @@ from pipnet_lit.models.backbones import (
     supported_combinations,
 )
 from pipnet_lit.models.heads import HEAD_LAYER_NAMES, build_pip_head, pip_conv
-from pipnet_lit.models.pipnet import COARSE_LEVELS, PIPNet
+from pipnet_lit.models.pipnet import COARSE_LEVELS, NETWORK_SETTINGS, PIPNet
 
 __all__ = [
     "BACKBONES",
@@ -17,6 +17,7 @@ __all__ = [
     "HEAD_LAYER_NAMES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "NETWORK_SETTINGS",
     "PIPNet",
     "build_pip_head",
     "imagenet_weights_path",

@@ -6,6 +6,9 @@ state_dicts load with `strict=True` (ResNets, MobileNetV2; see `backbones.py` fo
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -16,6 +19,10 @@ from pipnet_lit.pip.types import PIPOutputs
 
 # Coarse score maps the network may add (0 = the supervised PIPNet, 2 = the official GSSL network).
 COARSE_LEVELS = (0, 1, 2)
+
+#: The settings that define a network (its architecture; not its weights): what a checkpoint records and
+#: `PIPNet.from_settings` builds from. Everything that builds a network from settings goes through it.
+NETWORK_SETTINGS = ("backbone", "num_landmarks", "num_nb", "net_stride", "input_size", "coarse_levels")
 
 
 class PIPNet(nn.Module):
@@ -100,6 +107,34 @@ class PIPNet(nn.Module):
                 f"Input size {(height, width)} is not a positive multiple of net_stride={self.net_stride}."
             )
         return height // self.net_stride, width // self.net_stride
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any], *, pretrained: bool = False) -> PIPNet:
+        """The network of ``settings`` (a mapping holding `NETWORK_SETTINGS`; other keys are ignored, and a
+        missing ``coarse_levels`` means 0). The one place a network is built from recorded settings."""
+        missing = [k for k in NETWORK_SETTINGS if k != "coarse_levels" and k not in settings]
+        if missing:
+            raise ValueError(f"network settings lack {missing} (need {list(NETWORK_SETTINGS)})")
+        return cls(
+            backbone=str(settings["backbone"]),
+            num_landmarks=int(settings["num_landmarks"]),
+            num_nb=int(settings["num_nb"]),
+            net_stride=int(settings["net_stride"]),
+            pretrained=pretrained,
+            input_size=int(settings["input_size"]),
+            coarse_levels=int(settings.get("coarse_levels") or 0),
+        )
+
+    def settings(self) -> dict[str, Any]:
+        """This network's `NETWORK_SETTINGS` as plain Python values (``from_settings`` rebuilds it)."""
+        return {
+            "backbone": self.backbone_name,
+            "num_landmarks": int(self.num_landmarks),
+            "num_nb": int(self.num_nb),
+            "net_stride": int(self.net_stride),
+            "input_size": int(self.input_size),
+            "coarse_levels": int(self.coarse_levels),
+        }
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Trunk and stride layers: (B, 3, H, W) -> (B, feature_channels, H/s, W/s)."""

@@ -11,7 +11,7 @@ Reads chain folders only (no Lightning, no Hydra, no network)::
 and writes ``seeds.md`` (one table per test subset: rounds × variants, the primary NME; then every metric;
 then each seed's values), ``seeds.csv`` (long format, fractions, one ``seed_<s>`` column per seed) and
 ``seeds.png`` (the primary NME per round, one line per variant, a ± std band). ``summarize_chains`` does it
-all; ``python -m pipnet_lit.report`` calls it when the folders it compares hold chains, and the chain
+all; ``python -m pipnet_lit.compare`` calls it when the folders it compares hold chains, and the chain
 sweeper when a multirun's last stage ends.
 """
 
@@ -33,7 +33,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from pipnet_lit.files import atomic_write, atomic_write_text
-from pipnet_lit.reporting import format_metric, is_percent, markdown_table
+from pipnet_lit.presentation import format_metric, is_percent, markdown_table, metric_header, new_figure
 from pipnet_lit.ssl.layout import (
     CHAIN_CONFIG_NAME,
     CHECKPOINTS_DIRNAME,
@@ -484,10 +484,6 @@ def aggregate(variants: Sequence[Variant]) -> SeedSummary:
 # ------------------------------------------------------------------------------------------- formatting
 
 
-def metric_header(metric: str) -> str:
-    return f"{metric} (%)" if is_percent(metric) else metric
-
-
 def format_mean_std(row: SummaryRow | None) -> str:
     """``mean ± std (n)`` in the metric's unit; ``mean (1)`` with one seed; ``-`` without a row."""
     if row is None:
@@ -604,12 +600,8 @@ def long_rows(summary: SeedSummary, seeds: Sequence[str] | None = None) -> list[
 
 def plot_seed_summary(summary: SeedSummary, path: str | os.PathLike[str]) -> Path:
     """``seeds.png``: per test subset, the primary NME (%) per round, one line per variant, ± std band."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     subsets = [s for s in summary.subsets if s != POOL_SUBSET] or summary.subsets
-    fig = Figure(figsize=(5.2 * max(len(subsets), 1), 4.2))
-    FigureCanvasAgg(fig)
+    fig = new_figure(5.2 * max(len(subsets), 1), 4.2)
     index = summary._index()
     for i, subset in enumerate(subsets):
         ax = fig.add_subplot(1, len(subsets), i + 1)

@@ -26,9 +26,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from pipnet_lit.datasets.pseudo_labels import read_pseudo_label_manifest, write_pseudo_labels
-from pipnet_lit.files import atomic_write_text, read_json_object, write_json_atomic
+from pipnet_lit.files import atomic_write_text, file_sha256, read_json_object, write_json_atomic
 from pipnet_lit.jobs import Job, build_job, closing_loggers, fit_and_test, load_trained_model
-from pipnet_lit.reporting import format_metric, tested_results
+from pipnet_lit.presentation import format_metric
+from pipnet_lit.run_results import tested_results
 from pipnet_lit.ssl.chain_config import check_chain_config, defining_config
 from pipnet_lit.ssl.layout import (
     ROUNDS_JSON,
@@ -47,7 +48,7 @@ from pipnet_lit.ssl.layout import (
     weights_checkpoint,
     write_round_manifest,
 )
-from pipnet_lit.ssl.pseudo_labels import file_sha256, merged_with_scores, predict_pool, select_confident
+from pipnet_lit.ssl.pseudo_labels import merged_with_scores, predict_pool, select_confident
 
 TASK_NAMES = ("std", "cls2", "cls3")
 DIAGNOSTICS_JSON = "diagnostics.json"

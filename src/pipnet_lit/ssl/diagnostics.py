@@ -24,7 +24,7 @@ import torch
 from pipnet_lit.files import atomic_write
 from pipnet_lit.metrics.functional import IndexSpec, fr_auc, nme, normalization
 from pipnet_lit.pip.targets import COARSE_FACTORS, TASKS, _cells
-from pipnet_lit.reporting import markdown_table
+from pipnet_lit.presentation import correlation_cell, markdown_table, new_figure, percent_cell
 from pipnet_lit.ssl.pseudo_labels import select_confident
 
 #: Pooling factor of the grid each curriculum task supervises, in `TASKS` order (std, cls2, cls3).
@@ -295,28 +295,20 @@ def pseudo_label_diagnostics(
     return diag
 
 
-# -- presentation ------------------------------------------------------------------------------------------
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f}"
-
-
-def _corr(value: float | None) -> str:
-    return "-" if value is None else f"{value:+.3f}"
-
-
+# -- presentation (cells, tables and figures: `pipnet_lit.presentation`) ----------------------------------
 def diagnostics_markdown(diag: dict[str, Any], title: str = "") -> str:
     """A short Markdown block of `pseudo_label_diagnostics`: a summary line, a confidence-bin table and a
     selection table. NME, FR and cell hits in percent with 2 decimals."""
     fr_name = fr_key(diag["fr_threshold"])
-    hits = ", ".join(f"{key} {_pct(value)}%" for key, value in diag["cell_hit"].items())
+    hits = ", ".join(f"{key} {percent_cell(value)}%" for key, value in diag["cell_hit"].items())
     summary = (
         f"Pseudo-labels vs truth ({diag['count']} faces, task {diag['task']}, norm {diag['norm']}): "
-        f"NME {_pct(diag['nme'])}%, FR@{diag['fr_threshold']:.2f} {_pct(diag[fr_name])}%, "
-        f"cell hit ({diag['task_grid']}) {_pct(diag['task_cell_hit'])}% [{hits}], "
-        f"Spearman(score, NME) {_corr(diag['score_nme_spearman'])}"
+        f"NME {percent_cell(diag['nme'])}%, FR@{diag['fr_threshold']:.2f} {percent_cell(diag[fr_name])}%, "
+        f"cell hit ({diag['task_grid']}) {percent_cell(diag['task_cell_hit'])}% [{hits}], "
+        f"Spearman(score, NME) {correlation_cell(diag['score_nme_spearman'])}"
     )
     if "landmark_confidence_spearman" in diag:
-        summary += f", per landmark {_corr(diag['landmark_confidence_spearman'])}"
+        summary += f", per landmark {correlation_cell(diag['landmark_confidence_spearman'])}"
     bins = markdown_table(
         ["score range", "mean score", "faces", "NME %", "FR %"],
         [
@@ -324,8 +316,8 @@ def diagnostics_markdown(diag: dict[str, Any], title: str = "") -> str:
                 f"{b['score_lo']:.4f} - {b['score_hi']:.4f}",
                 f"{b['mean_score']:.4f}",
                 str(b["count"]),
-                _pct(b["mean_nme"]),
-                _pct(b["fr"]),
+                percent_cell(b["mean_nme"]),
+                percent_cell(b["fr"]),
             ]
             for b in diag["confidence_bins"]
         ],
@@ -336,9 +328,9 @@ def diagnostics_markdown(diag: dict[str, Any], title: str = "") -> str:
             [
                 r["rule"] + (" (configured)" if r.get("configured") else ""),
                 str(r["kept"]),
-                _pct(r["kept_fraction"]),
-                _pct(r["nme"]),
-                _pct(r["fr"]),
+                percent_cell(r["kept_fraction"]),
+                percent_cell(r["nme"]),
+                percent_cell(r["fr"]),
             ]
             for r in diag["selection"]
         ],
@@ -364,15 +356,11 @@ def plot_confidence_vs_error(diag: dict[str, Any], path: str | os.PathLike[str])
 
     Drawn on matplotlib's Agg canvas (no pyplot state); written atomically (temp file + os.replace).
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     bins = diag["confidence_bins"]
     xs = np.array([b["mean_score"] for b in bins])
     ys = np.array([100 * b["mean_nme"] for b in bins])
     counts = np.array([b["count"] for b in bins])
-    fig = Figure(figsize=(6.4, 4.8), dpi=100)
-    FigureCanvasAgg(fig)
+    fig = new_figure(6.4, 4.8)
     ax = fig.add_subplot()
     ax.plot(xs, ys, color="0.6", linewidth=1, zorder=1)
     ax.scatter(xs, ys, s=30 + 270 * counts / max(int(counts.max()), 1), zorder=2)
@@ -380,7 +368,7 @@ def plot_confidence_vs_error(diag: dict[str, Any], path: str | os.PathLike[str])
         ax.annotate(f"n={c}", (x, y), textcoords="offset points", xytext=(6, 6), fontsize="small")
     ax.axhline(100 * diag["nme"], color="C1", linestyle="--", linewidth=1, label="all faces")
     ax.set(
-        title=f"Pseudo-labels, task {diag['task']}: NME {_pct(diag['nme'])}% ({diag['count']} faces)",
+        title=f"Pseudo-labels, task {diag['task']}: NME {percent_cell(diag['nme'])}% ({diag['count']} faces)",
         xlabel="mean confidence score per bin",
         ylabel=f"mean NME (%, {diag['norm']})",
     )

@@ -9,8 +9,6 @@ regenerated every round. Optional (off by default): keep only the faces whose me
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,14 +16,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from pipnet_lit.files import file_sha256  # re-exported: older code imports it from here
 
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """sha256 of a file (a checkpoint's identity in manifests)."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+__all__ = ["file_sha256", "merged_with_scores", "predict_pool", "select_confident"]
 
 
 @torch.no_grad()

@@ -1,78 +1,75 @@
-"""CLI: ``python -m pipnet_lit.synthetic --out data/synthetic --n-train 2000 --size 128 --seed 0``."""
+"""Render synthetic 68-landmark faces in the 300W on-disk format (image + .pts per face).
+
+    python -m pipnet_lit.synthetic --out data/synthetic --n-train 2000 --size 128 --seed 0
+
+Writes the folders trainset/ common/ challenge/ wild/ (and wild_test/ with --n-wild-test) under --out, and
+``synthetic.json``, the manifest: nothing is redone when it already matches (--force redoes it).
+"""
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
 
+from pipnet_lit.cli import Command, option
 from pipnet_lit.synthetic.faces import SPLIT_STYLES, generate_dataset
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipnet_lit.synthetic",
-        description="Render synthetic 68-landmark faces in the 300W on-disk format (image + .pts per face).",
+@dataclass(kw_only=True)
+class SynthOptions:
+    """The command line of ``python -m pipnet_lit.synthetic`` (`COMMAND`)."""
+
+    out: Path = option(help="output root (folders trainset/ common/ challenge/ wild/)")
+    n_train: int = option(2000, help="clean training images")
+    n_common: int = option(300, help="clean test images")
+    n_challenge: int = option(100, help="hard-pose/occluded test images")
+    n_wild: int = option(500, help="second-style pool images")
+    n_wild_test: int = option(0, help="labeled second-style test images, folder wild_test")
+    size: int = option(128, help="square image side in pixels")
+    seed: int = option(0, help="random seed")
+    face_fraction: tuple[float, float] = option(
+        (0.4, 0.7), metavar="LOW HIGH", help="landmark box side / image side, uniform in [LOW, HIGH]"
     )
-    parser.add_argument(
-        "--out", required=True, help="output root (folders trainset/ common/ challenge/ wild/)"
-    )
-    parser.add_argument("--n-train", type=int, default=2000, help="clean training images (default 2000)")
-    parser.add_argument("--n-common", type=int, default=300, help="clean test images (default 300)")
-    parser.add_argument(
-        "--n-challenge", type=int, default=100, help="hard-pose/occluded test images (default 100)"
-    )
-    parser.add_argument("--n-wild", type=int, default=500, help="second-style pool images (default 500)")
-    parser.add_argument(
-        "--n-wild-test",
-        type=int,
-        default=0,
-        help="labeled second-style test images, folder wild_test (default 0)",
-    )
-    parser.add_argument("--size", type=int, default=128, help="square image side in pixels (default 128)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument(
-        "--face-fraction",
-        type=float,
-        nargs=2,
-        default=(0.4, 0.7),
-        metavar=("LOW", "HIGH"),
-        help="landmark box side / image side, uniform in [LOW, HIGH] (default 0.4 0.7)",
-    )
-    parser.add_argument("--format", choices=("png", "jpg"), default="png", help="png (lossless) or jpg (q95)")
-    parser.add_argument("--force", action="store_true", help="regenerate even if the manifest matches")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    return parser
+    format: Literal["png", "jpg"] = option("png", help="png (lossless) or jpg (q95)")
+    force: bool = option(False, help="regenerate even if the manifest matches")
+    progress: bool = option(True, help="show a progress bar (--no-progress hides it)")
+
+
+COMMAND = Command(SynthOptions, prog="python -m pipnet_lit.synthetic", doc=__doc__)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """The command; returns its exit code (0 written, 2 bad options)."""
+    opts = COMMAND.parse_or_exit(argv)
     start = time.perf_counter()
     try:
         counts = generate_dataset(
-            args.out,
-            n_train=args.n_train,
-            n_common=args.n_common,
-            n_challenge=args.n_challenge,
-            n_wild=args.n_wild,
-            n_wild_test=args.n_wild_test,
-            image_size=args.size,
-            seed=args.seed,
-            face_fraction=tuple(args.face_fraction),
-            image_format=args.format,
-            progress=not args.no_progress,
-            force=args.force,
+            opts.out,
+            n_train=opts.n_train,
+            n_common=opts.n_common,
+            n_challenge=opts.n_challenge,
+            n_wild=opts.n_wild,
+            n_wild_test=opts.n_wild_test,
+            image_size=opts.size,
+            seed=opts.seed,
+            face_fraction=opts.face_fraction,
+            image_format=opts.format,
+            progress=opts.progress,
+            force=opts.force,
         )
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"{COMMAND.prog}: error: {err}", file=sys.stderr)
         return 2
     elapsed = time.perf_counter() - start
     for split, n in counts.items():
         print(
-            f"{args.out}/{split}: {n} images ({SPLIT_STYLES[split]} style, {args.size}px {args.format}, .pts)"
+            f"{opts.out}/{split}: {n} images ({SPLIT_STYLES[split]} style, {opts.size}px {opts.format}, .pts)"
         )
-    print(f"manifest: {args.out}/synthetic.json ({elapsed:.1f} s; nothing is redone if it already matched)")
+    print(f"manifest: {opts.out}/synthetic.json ({elapsed:.1f} s; nothing is redone if it already matched)")
     return 0
 
 

@@ -51,7 +51,7 @@ __all__ = [
 # 2: the wild style keeps the clean pose and expression ranges (an imaging-conditions shift only).
 GENERATOR_VERSION = 2
 STYLES = ("clean", "challenge", "wild")
-# Split folder -> rendering style; the folders mirror datasets/meta/synthetic.yaml.
+# Split folder -> rendering style; the folders mirror datasets/descriptions/synthetic.yaml.
 SPLIT_STYLES = {
     "trainset": "clean",
     "common": "clean",

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import sys
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -35,11 +33,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from pipnet_lit.models import PIPNet
+from pipnet_lit.landmark_graph import LandmarkGraph
 from pipnet_lit.models.backbones import IMAGENET_MEAN, IMAGENET_STD
-from pipnet_lit.pip import Neighbors, build_neighbors, decode_details
 
 FORMATS = ("onnx", "torchscript", "openvino")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "openvino": ".xml"}
@@ -52,93 +49,29 @@ ONNX_OPSET = 18
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
-class LandmarkGraph(nn.Module):
-    """Network + neighbour tables + decode in one traceable module (no Lightning).
-
-    forward(crops (B, 3, S, S) ImageNet-normalized RGB float32) -> (landmarks (B, L, 2) in [0, 1] of the
-    crop, merged with the neighbour votes unless `merge=False`; scores (B, L), the raw winning score). The
-    neighbour tables are buffers, so they move with `.to(device)` and become constants of an exported graph.
-
-    Args:
-        net: the PIPNet (its `input_size` is the crop size S).
-        meanface: (L, 2) normalized mean face that defines each landmark's neighbours.
-        merge: average each landmark's own estimate with its neighbours' votes (the paper's inference).
-    """
-
-    def __init__(self, net: PIPNet, meanface: Tensor | np.ndarray, merge: bool = True) -> None:
-        super().__init__()
-        meanface = torch.as_tensor(np.asarray(meanface), dtype=torch.float64)
-        if tuple(meanface.shape) != (net.num_landmarks, 2):
-            raise ValueError(
-                f"mean face of shape {tuple(meanface.shape)}; the network predicts {net.num_landmarks} "
-                f"landmarks, so it needs ({net.num_landmarks}, 2)"
-            )
-        self.net = net
-        self.merge = bool(merge)
-        tables = build_neighbors(meanface, net.num_nb)
-        self.max_len = tables.max_len
-        self.register_buffer("nb_indices", tables.indices)
-        self.register_buffer("reverse_index1", tables.reverse_index1)
-        self.register_buffer("reverse_index2", tables.reverse_index2)
-        self.register_buffer("meanface", meanface.to(torch.float32))
-
-    @classmethod
-    def from_predictor(cls, predictor: Any) -> LandmarkGraph:
-        """The graph of a `pipnet_lit.inference.Predictor` (its network, mean face and merge setting)."""
-        net = predictor.net
-        if not isinstance(net, PIPNet):
-            raise TypeError(f"export needs a PIPNet network, got {type(net).__name__}")
-        if int(predictor.input_size) != int(net.input_size):
-            raise ValueError(f"predictor input_size {predictor.input_size} != the network's {net.input_size}")
-        return cls(net, predictor.meanface, merge=predictor.merge).eval()
-
-    @classmethod
-    def from_checkpoint(cls, path: str | Path) -> LandmarkGraph:
-        """The graph of a pipnet-lit checkpoint (training's `.ckpt` or `pipnet_lit.convert`'s), on the CPU."""
-        from pipnet_lit.inference import Predictor
-
-        return cls.from_predictor(Predictor.from_checkpoint(path, device="cpu"))
-
-    @property
-    def input_size(self) -> int:
-        return int(self.net.input_size)
-
-    @property
-    def num_landmarks(self) -> int:
-        return int(self.net.num_landmarks)
-
-    def neighbors(self) -> Neighbors:
-        return Neighbors(self.nb_indices, self.reverse_index1, self.reverse_index2, self.max_len)
-
-    def forward(self, crops: Tensor) -> tuple[Tensor, Tensor]:
-        details = decode_details(self.net(crops), self.neighbors())
-        return (details.merged if self.merge else details.own), details.max_score
-
-    def metadata(self, precision: str = "fp32") -> dict[str, Any]:
-        """What a runtime needs to feed the exported graph and read its outputs (stored as JSON)."""
-        net = self.net
-        return {
-            "format_version": FORMAT_VERSION,
-            "precision": precision,
-            "input_size": self.input_size,
-            "num_landmarks": self.num_landmarks,
-            "num_nb": int(net.num_nb),
-            "backbone": net.backbone_name,
-            "net_stride": int(net.net_stride),
-            "merge": self.merge,
-            "input": f"{INPUT_NAME}: (B, 3, S, S) float32 RGB, (pixel / 255 - mean) / std",
-            "mean": list(IMAGENET_MEAN),
-            "std": list(IMAGENET_STD),
-            "outputs": {
-                OUTPUT_NAMES[0]: "(B, L, 2) x, y in [0, 1] of the crop",
-                OUTPUT_NAMES[1]: "(B, L) raw winning score-map value per landmark",
-            },
-        }
+def graph_metadata(graph: LandmarkGraph, precision: str = "fp32") -> dict[str, Any]:
+    """What a runtime needs to feed an exported graph and read its outputs (stored as JSON in the file)."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "precision": precision,
+        **{
+            k: graph.settings()[k]
+            for k in ("input_size", "num_landmarks", "num_nb", "backbone", "net_stride")
+        },
+        "merge": graph.merge,
+        "input": f"{INPUT_NAME}: (B, 3, S, S) float32 RGB, (pixel / 255 - mean) / std",
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "outputs": {
+            OUTPUT_NAMES[0]: "(B, L, 2) x, y in [0, 1] of the crop",
+            OUTPUT_NAMES[1]: "(B, L) raw winning score-map value per landmark",
+        },
+    }
 
 
 # -- export -----------------------------------------------------------------------------------------
 def _example(graph: LandmarkGraph, batch: int = 2) -> Tensor:
-    device = graph.meanface.device
+    device = graph.device
     return torch.randn(
         batch, 3, graph.input_size, graph.input_size, generator=torch.Generator().manual_seed(0)
     ).to(device)
@@ -151,7 +84,7 @@ def export_torchscript(graph: LandmarkGraph, out: str | Path) -> Path:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # shape checks turned into constants: expected when tracing
         traced = torch.jit.trace(graph, _example(graph), check_trace=False)
-    extra = {TORCHSCRIPT_EXTRA: json.dumps(graph.metadata("fp32"))}
+    extra = {TORCHSCRIPT_EXTRA: json.dumps(graph_metadata(graph, "fp32"))}
     torch.jit.save(traced, str(out), _extra_files=extra)
     return out
 
@@ -180,7 +113,7 @@ def export_onnx(graph: LandmarkGraph, out: str | Path, opset: int = ONNX_OPSET) 
             verbose=False,
         )
     model = program.model_proto
-    _set_onnx_metadata(model, graph.metadata("fp32"))
+    _set_onnx_metadata(model, graph_metadata(graph, "fp32"))
     onnx.checker.check_model(model)
     onnx.save_model(model, str(out))
     return out
@@ -228,7 +161,7 @@ def export_openvino(
     if crops is not None:
         model = quantize_openvino(model, crops)
         precision = "int8"
-    model.set_rt_info(json.dumps(graph.metadata(precision)), [METADATA_KEY])
+    model.set_rt_info(json.dumps(graph_metadata(graph, precision)), [METADATA_KEY])
     ov.save_model(model, str(out), compress_to_fp16=False)
     return out
 
@@ -361,96 +294,39 @@ def read_crops(paths: Sequence[str | Path], input_size: int) -> Tensor:
     return torch.stack(tensors)
 
 
-def calibration_crops(
-    source: str | Path,
-    input_size: int,
-    n: int = 100,
-    seed: int = 0,
-    data_overrides: Sequence[str] = (),
-) -> Tensor:
-    """`n` crops (N, 3, S, S) drawn (seeded, without replacement) for int8 calibration.
+def crop_image_paths(folder: str | Path) -> list[Path]:
+    """The images under ``folder`` (recursively), sorted; an error naming the folder when there is none."""
+    paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise FileNotFoundError(f"calibrate={folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in that folder")
+    return paths
 
-    source: a folder of face crops (searched recursively for images), or the name of a data config
-        (`synthetic`, `300w`, ... in the config folder's `data/` group; `data_overrides` such as
-        `data.root=/data` apply), whose training split is prepared (cropped and cached as for training) and
-        read without augmentation.
-    """
+
+def sample_calibration_crops(
+    paths: Sequence[str | Path], input_size: int, n: int = 100, seed: int = 0
+) -> Tensor:
+    """``n`` of ``paths`` drawn (seeded, without replacement, kept in order), read as crops (N, 3, S, S)."""
     if n < 1:
         raise ValueError(f"n={n}: calibrate on at least one crop (about 100 is plenty)")
-    folder = Path(source)
-    if folder.is_dir():
-        paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not paths:
-            raise FileNotFoundError(
-                f"calibrate={source}: no images ({', '.join(IMAGE_SUFFIXES)}) in that folder"
-            )
-    else:
-        paths = _training_crop_paths(str(source), input_size, data_overrides)
     rng = np.random.default_rng(seed)
     chosen = sorted(rng.choice(len(paths), size=min(n, len(paths)), replace=False).tolist())
     return read_crops([paths[i] for i in chosen], input_size)
 
 
-def _training_crop_paths(name: str, input_size: int, data_overrides: Sequence[str]) -> list[Path]:
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.utils import instantiate
-    from omegaconf import open_dict
-
-    from pipnet_lit.config import CONFIG_DIR, check_config_dir
-
-    available = sorted(p.stem for p in (CONFIG_DIR / "data").glob("*.yaml") if p.stem != "base")
-    if name not in available:
-        raise ValueError(
-            f"calibrate={name}: neither a folder of crops nor a data config; data configs: {available}"
-        )
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=check_config_dir(), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"data={name}", *data_overrides])
-    GlobalHydra.instance().clear()
-    with open_dict(cfg):
-        cfg.paths.root_dir = os.environ.get("PIPNET_ROOT", os.getcwd())
-    datamodule = instantiate(cfg.data, input_size=input_size, load_unlabeled=False)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    return list(datamodule.train_set.image_paths)
-
-
-# -- the command ---------------------------------------------------------------------------------------
-def default_out(ckpt: str | Path, fmt: str, quantize: str | None) -> Path:
-    """`<ckpt stem>[_int8].<onnx|pt|xml>` beside the checkpoint."""
-    ckpt = Path(ckpt)
-    stem = ckpt.stem + ("_int8" if quantize else "")
-    return ckpt.with_name(stem + SUFFIXES[fmt])
-
-
-def export(
-    ckpt: str | Path,
-    format: str = "onnx",
-    out: str | Path | None = None,
-    quantize: str | None = None,
-    calibrate: str | Path | None = None,
-    n: int = 100,
-    seed: int = 0,
-    data_overrides: Sequence[str] = (),
+def export_graph(
+    graph: LandmarkGraph,
+    format: str,
+    out: str | Path,
+    crops: Tensor | None = None,
     opset: int = ONNX_OPSET,
 ) -> Path:
-    """Export checkpoint `ckpt` to `format`, optionally quantized to int8; returns the written file."""
+    """Export ``graph`` to ``format`` (onnx, torchscript, openvino); int8 when calibration ``crops`` are
+    given (onnx, openvino). Returns the written file."""
     if format not in FORMATS:
         raise ValueError(f"format={format!r}: choose one of {', '.join(FORMATS)}")
-    if quantize not in (None, "int8"):
-        raise ValueError(f"quantize={quantize!r}: only int8 (or leave it out for fp32)")
-    if quantize and format == "torchscript":
-        raise ValueError("quantize=int8 is for format=onnx (ONNX Runtime) or format=openvino")
-    if quantize and calibrate is None:
-        raise ValueError(
-            "quantize=int8 needs calibration crops: calibrate=<data config, e.g. synthetic> or "
-            "calibrate=<folder of face crops> (and n=100)"
-        )
-    graph = LandmarkGraph.from_checkpoint(ckpt)
-    out = Path(out) if out is not None else default_out(ckpt, format, quantize)
-    crops = calibration_crops(calibrate, graph.input_size, n, seed, data_overrides) if quantize else None
     if format == "torchscript":
+        if crops is not None:
+            raise ValueError("quantize=int8 is for format=onnx (ONNX Runtime) or format=openvino")
         return export_torchscript(graph, out)
     if format == "openvino":
         return export_openvino(graph, out, crops)
@@ -459,47 +335,6 @@ def export(
     with tempfile.TemporaryDirectory(prefix="pipnet-export-") as tmp:
         fp32 = export_onnx(graph, Path(tmp) / "fp32.onnx", opset)
         return quantize_onnx(fp32, out, crops)
-
-
-USAGE = (
-    "usage: python -m pipnet_lit.export ckpt=PATH [format=onnx|torchscript|openvino] [out=PATH] "
-    "[quantize=int8 calibrate=<data config | crop folder> n=100 seed=0 data.root=...] [opset=18]"
-)
-KEYS = ("ckpt", "format", "out", "quantize", "calibrate", "n", "seed", "opset")
-
-
-def parse_args(argv: Sequence[str]) -> dict[str, Any]:
-    """`key=value` arguments -> export() keyword arguments; `data.*=...` become data config overrides."""
-    kwargs: dict[str, Any] = {"data_overrides": []}
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep:
-            raise ValueError(f"argument {arg!r} is not key=value\n{USAGE}")
-        if key.startswith(("data.", "+data.")):
-            kwargs["data_overrides"].append(arg)
-        elif key in KEYS:
-            kwargs[key] = (
-                int(value) if key in ("n", "seed", "opset") else (None if value == "null" else value)
-            )
-        else:
-            raise ValueError(f"unknown argument {key!r}; known: {', '.join(KEYS)} and data.*\n{USAGE}")
-    if "ckpt" not in kwargs:
-        raise ValueError(f"ckpt=PATH is required\n{USAGE}")
-    return kwargs
-
-
-def main(argv: Sequence[str] | None = None) -> Path:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__ + "\n" + USAGE)
-        raise SystemExit(0)
-    try:
-        kwargs = parse_args(argv)
-    except ValueError as err:
-        raise SystemExit(str(err)) from None
-    path = export(**kwargs)
-    print(f"wrote {path}")
-    return path
 
 
 # -- helpers -------------------------------------------------------------------------------------------
@@ -519,7 +354,3 @@ def require_module(module: str, purpose: str, extra: str) -> Any:
         raise ImportError(
             f"{module} is needed to {purpose}: pip install 'pipnet-lit[export]' (or: pip install {extra})"
         ) from err
-
-
-if __name__ == "__main__":
-    main()
