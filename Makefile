@@ -23,11 +23,13 @@ install: $(STAMP)
 # The suite runs in TEST_WORKERS processes (pytest-xdist), one thread each (tests/conftest.py).
 TEST_WORKERS ?= 2
 
+# W&B writes into a fresh folder, removed afterwards whatever the result (the disk is shared with CI).
 test: install
-	WANDB_DIR=$$(mktemp -d) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
+	d=$$(mktemp -d) && WANDB_DIR=$$d $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup; rc=$$?; rm -rf $$d; exit $$rc
 
 test-fast: install
-	WANDB_DIR=$$(mktemp -d) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not slow"
+	d=$$(mktemp -d) && WANDB_DIR=$$d $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not slow"; \
+	rc=$$?; rm -rf $$d; exit $$rc
 
 demo: install
 	$(PY) -m pipnet_lit.train +experiment=synthetic ckpt_path=last

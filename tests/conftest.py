@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 os.environ.setdefault("WANDB_MODE", "offline")
-os.environ.setdefault("WANDB_DIR", tempfile.mkdtemp(prefix="wandb-"))
+if "WANDB_DIR" not in os.environ:
+    # a folder of this test process, removed when it exits (the disk is shared with CI: leave nothing behind)
+    os.environ["WANDB_DIR"] = tempfile.mkdtemp(prefix="wandb-")
+    atexit.register(shutil.rmtree, os.environ["WANDB_DIR"], ignore_errors=True)
 os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `pytest -n N` (make test): N workers share the cores, so each worker and the commands it starts use
