@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import numpy as np
@@ -152,7 +153,137 @@ def test_reader_errors_name_the_file_and_the_fix(module: PIPNetModule, tmp_path:
     with pytest.raises(ValueError, match=r"hyper_parameters lack \['net_stride'\]"):
         read_checkpoint(tmp_path / "nosettings.ckpt")
     raw = torch.load(path, weights_only=True)
-    raw["state_dict"]["net.cls_layer.weight"] = raw["state_dict"]["net.cls_layer.weight"][:10]
+    raw["state_dict"]["net.x_layer.weight"] = raw["state_dict"]["net.x_layer.weight"][:10]
     torch.save(raw, tmp_path / "shape.ckpt")
-    with pytest.raises(ValueError, match=r"does not fit the network: shape \(file vs model\).*cls_layer"):
+    with pytest.raises(ValueError, match=r"does not fit the network: shape \(file vs model\).*x_layer"):
         read_checkpoint(tmp_path / "shape.ckpt").network()
+
+
+class _Pickled:
+    """A class ``torch.load(weights_only=True)`` refuses to build (it could run code)."""
+
+
+def test_reader_refuses_files_that_are_not_what_they_claim(module: PIPNetModule, tmp_path: Path) -> None:
+    good = write_checkpoint(module.graph, tmp_path / "good.ckpt")
+    raw = torch.load(good, weights_only=True)
+    data = good.read_bytes()
+
+    def saved(name: str, obj: object) -> Path:
+        torch.save(obj, tmp_path / name)
+        return tmp_path / name
+
+    def changed(name: str, *, hparams: dict | None = None, state: dict | None = None) -> Path:
+        return saved(
+            name,
+            {
+                **raw,
+                "hyper_parameters": {**raw["hyper_parameters"], **(hparams or {})},
+                "state_dict": {**raw["state_dict"], **(state or {})},
+            },
+        )
+
+    def written(name: str, content: bytes) -> Path:
+        (tmp_path / name).write_bytes(content)
+        return tmp_path / name
+
+    weight = raw["state_dict"]["net.cls_layer.weight"]
+    damaged = bytearray(data)
+    damaged[len(data) // 2 : len(data) // 2 + 1000] = bytes(1000)
+    cases = [
+        # a torch file of something else
+        (saved("list.ckpt", [1, 2, 3]), r"not a pipnet-lit checkpoint .*found: list"),
+        (saved("tensor.ckpt", torch.zeros(3)), r"not a pipnet-lit checkpoint .*found: Tensor"),
+        (
+            saved("plain.ckpt", {"a": 1, "b": "x"}),
+            r"not a pipnet-lit checkpoint .*found: a dict of \['a', 'b'\]",
+        ),
+        (
+            saved("nodicts.ckpt", {"state_dict": [1], "hyper_parameters": 3}),
+            r"its 'hyper_parameters' is not a dict \(int\)",
+        ),
+        (changed("strings.ckpt", hparams={"num_landmarks": "68"}), r"\['num_landmarks'\] = '68' \(str\)"),
+        (changed("backbone.ckpt", hparams={"backbone": 18}), r"\['backbone'\] is not a name \(int\)"),
+        (
+            changed("notensor.ckpt", state={"net.x_layer.bias": [0.0] * 68}),
+            r"not tensors: \['net\.x_layer\.bias",
+        ),
+        (
+            changed("nanmean.ckpt", state={"_extra_state": {"meanface": torch.full((68, 2), float("nan"))}}),
+            "NaN",
+        ),
+        (
+            changed("strmean.ckpt", state={"_extra_state": {"meanface": "face"}}),
+            r"mean face is not \(68, 2\)",
+        ),
+        # settings that would build a network the weights cannot fill (refused before it is built)
+        (
+            changed("hugenb.ckpt", hparams={"num_nb": 10**6}),
+            r"nb_x_layer\.weight has shape \(272, 512, 1, 1\), but hyper_parameters \(num_landmarks=68, "
+            r"num_nb=1000000\) need 68000000 output channels",
+        ),
+        # a file cut short, damaged on the way, or holding Python objects
+        (written("cut.ckpt", data[: len(data) // 2]), r"the file is cut short"),
+        (written("damaged.ckpt", bytes(damaged)), r"damaged"),
+        (saved("object.ckpt", {"state_dict": _Pickled()}), r"holds a Python object \(.*_Pickled\)"),
+    ]
+    for path, message in cases:
+        with pytest.raises(ValueError, match=message) as info:
+            read_checkpoint(path)
+        assert str(path) in str(info.value), path.name
+    # weights of the wrong kind, NaN weights, settings no network has: refused when the network is built
+    bias = raw["state_dict"]["net.x_layer.bias"]
+    at_build = [
+        (changed("ints.ckpt", state={"net.cls_layer.weight": weight.long()}), r"dtype \(file vs model\)"),
+        (
+            changed("nan.ckpt", state={"net.x_layer.bias": bias + float("inf")}),
+            r"NaN or inf values .*x_layer\.bias",
+        ),
+        (changed("resnet9.ckpt", hparams={"backbone": "resnet9"}), r"describe no network we build: Unknown"),
+    ]
+    for path, message in at_build:
+        with pytest.raises(ValueError, match=message) as info:
+            read_checkpoint(path).network()
+        assert str(path) in str(info.value), path.name
+    # a float16 copy is no fault: it loads, converted
+    half = {
+        k: v.half() if k.startswith("net.") and v.is_floating_point() else v
+        for k, v in raw["state_dict"].items()
+    }
+    assert read_checkpoint(changed("half.ckpt", state=half)).network() is not None
+
+
+def _calls_torch_load(func: ast.expr) -> bool:
+    """``torch.load`` / ``torch.serialization.load`` (however the call is spelt after ``import torch``)."""
+    names = []
+    while isinstance(func, ast.Attribute):
+        names.append(func.attr)
+        func = func.value
+    if isinstance(func, ast.Name):
+        names.append(func.id)
+    dotted = ".".join(reversed(names))
+    return dotted in ("torch.load", "torch.serialization.load")
+
+
+def test_every_torch_load_in_src_passes_weights_only_true() -> None:
+    """A file a user hands in is unpickled only with ``weights_only=True`` (a pickle can run any code); a
+    future ``torch.load`` without it fails here, and so does ``from torch import load``, which hides it."""
+    src = Path(__file__).parents[1] / "src"
+    calls, unsafe = [], []
+    for file in sorted(src.rglob("*.py")):
+        tree = ast.parse(file.read_text(encoding="utf-8"), filename=str(file))
+        for node in ast.walk(tree):
+            where = f"{file.relative_to(src)}:{getattr(node, 'lineno', 0)}"
+            if isinstance(node, ast.ImportFrom) and node.module in ("torch", "torch.serialization"):
+                unsafe += [
+                    f"{where} (from {node.module} import load)" for a in node.names if a.name == "load"
+                ]
+            if isinstance(node, ast.Call) and _calls_torch_load(node.func):
+                calls.append(where)
+                flag = {k.arg: k.value for k in node.keywords}.get("weights_only")
+                if not (isinstance(flag, ast.Constant) and flag.value is True):
+                    unsafe.append(where)
+    assert calls, "no torch.load call found in src/: the scan is broken"
+    assert not unsafe, f"torch.load without weights_only=True: {unsafe}"
+    # the scan finds what a plain text search finds
+    text_hits = sum(f.read_text(encoding="utf-8").count("torch.load(") for f in src.rglob("*.py"))
+    assert len(calls) <= text_hits

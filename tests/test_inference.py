@@ -22,6 +22,7 @@ from pipnet_lit.inference import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     ImageReadError,
+    ImageTooLargeError,
     Predictor,
     crop_faces,
     load_image,
@@ -107,6 +108,43 @@ def test_load_image_forms(tmp_path: Path) -> None:
         load_image(bgr.astype(np.float32))
 
 
+def test_load_image_refuses_images_over_max_pixels_before_decoding(tmp_path: Path, monkeypatch) -> None:
+    from test_predict import _png_header
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(_png_header(12000, 12000))  # 144 MP (432 MB decoded), over the default 100 MP
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(_png_header(40000, 40000))  # over PIL's bomb limit and OpenCV's 2**30 pixels too
+    decoded = []
+    imdecode = cv2.imdecode
+    monkeypatch.setattr(cv2, "imdecode", lambda *args: decoded.append(args) or imdecode(*args))
+    header = r"bomb\.png \(12000x12000\) has 144,000,000 pixels, more than max_pixels=100,000,000 \(read from"
+    with pytest.raises(ImageTooLargeError, match=header):
+        load_image(bomb)
+    with pytest.raises(ImageTooLargeError, match=r"huge\.png has 1,600,000,000 pixels, more than max_pixels"):
+        load_image(huge)
+    assert not decoded  # refused from the header alone
+    # no limit of ours: OpenCV's applies, with our message naming the file, the size and both limits
+    opencv = (
+        r"huge\.png \(1,600,000,000 pixels\): more pixels than OpenCV decodes, OPENCV_IO_MAX_IMAGE_PIXELS="
+    )
+    with pytest.raises(ImageTooLargeError, match=opencv + r".*max_pixels=0"):
+        load_image(huge, max_pixels=0)
+    assert issubclass(ImageTooLargeError, ImageReadError)  # skipped / reported like an unreadable image
+
+    # the limit applies to every form: file, PIL image, array; 0 and None lift it
+    bgr, _ = _face(1, 64)
+    path = tmp_path / "face.png"
+    cv2.imwrite(str(path), bgr)
+    for form in (path, Image.fromarray(bgr[..., ::-1].copy()), bgr):
+        with pytest.raises(ImageTooLargeError, match=r"64x64.* has 4,096 pixels, more than max_pixels=4,095"):
+            load_image(form, max_pixels=4095)
+        for limit in (4096, 0, None):
+            np.testing.assert_array_equal(load_image(form, max_pixels=limit), bgr)
+    with pytest.raises(ValueError, match="max_pixels must be >= 0"):
+        load_image(bgr, max_pixels=-1)
+
+
 # -- round trip through the predictor ----------------------------------------------------------------
 
 
@@ -175,6 +213,8 @@ def test_predictor_input_forms_and_batching(tmp_path: Path) -> None:
         np.testing.assert_array_equal(results[k].landmarks, results[0].landmarks)
         for a, b in zip(seen[3 * k : 3 * k + 3], seen[:3], strict=True):
             assert torch.equal(a, b)
+    with pytest.raises(ImageTooLargeError, match="max_pixels=100"):
+        predictor(path, boxes, max_pixels=100)
     empty = predictor(image, np.zeros((0, 4)))
     assert empty.landmarks.shape == (0, L, 2) and empty.scores.shape == (0, L)
     with pytest.raises(ValueError, match="64x64"):
@@ -353,6 +393,55 @@ def test_from_official_bad_files(official_files, tmp_path: Path) -> None:
     # official weights given as a checkpoint: the error says what to use instead
     with pytest.raises(ValueError, match="from_official"):
         Predictor.from_checkpoint(weights)
+
+
+class _Pickled:
+    """A class ``torch.load(weights_only=True)`` refuses to build (it could run code)."""
+
+
+def test_official_weights_that_are_not_what_they_claim(official_files, tmp_path: Path) -> None:
+    weights, meanface = official_files
+    settings = {"backbone": "resnet18", "num_landmarks": L, "num_nb": NB, "net_stride": 32, "input_size": 64}
+    state = torch.load(weights, weights_only=True)
+    data = weights.read_bytes()
+
+    def saved(name: str, obj: object) -> Path:
+        torch.save(obj, tmp_path / name)
+        return tmp_path / name
+
+    def written(name: str, content: bytes) -> Path:
+        (tmp_path / name).write_bytes(content)
+        return tmp_path / name
+
+    damaged = bytearray(data)
+    damaged[len(data) // 2 : len(data) // 2 + 1000] = bytes(1000)  # zeros in the middle of the weights
+    ours = Predictor.from_official(weights, meanface, **settings).save(tmp_path / "ours.ckpt")
+    cases = [
+        (ours, r"is a pipnet-lit checkpoint, not official weights: load it with .*from_checkpoint"),
+        (saved("list.pth", [1, 2, 3]), r"not a state dict of tensors .*it holds a list"),
+        (saved("empty.pth", {}), r"it holds an empty dict"),
+        (saved("plain.pth", {"epoch": 3, "note": "x"}), r"not tensors: 'epoch' \(int\), 'note' \(str\)"),
+        (
+            saved("lightning.pth", {"state_dict": state, "epoch": 1}),
+            r"is a training checkpoint .*not the official",
+        ),
+        (saved("linear.pth", nn.Linear(2, 2).state_dict()), r"a state dict, but not of a PIPNet"),
+        (saved("object.pth", {"net": _Pickled()}), r"holds a Python object \(.*_Pickled\) that torch\.load"),
+        (
+            saved("ints.pth", {**state, "cls_layer.weight": state["cls_layer.weight"].long()}),
+            r"dtype \(file vs model\): \['cls_layer\.weight: torch\.int64 vs torch\.float32'\]",
+        ),
+        (
+            saved("nan.pth", {**state, "x_layer.bias": torch.full_like(state["x_layer.bias"], float("nan"))}),
+            r"NaN or inf values .*\['x_layer\.bias'\]",
+        ),
+        (written("cut.pth", data[: len(data) // 2]), r"cut\.pth: the file is cut short"),
+        (written("damaged.pth", bytes(damaged)), r"damaged\.pth: .*damaged"),
+    ]
+    for path, message in cases:
+        with pytest.raises(ValueError, match=message) as info:
+            Predictor.from_official(path, meanface, **settings)
+        assert str(path) in str(info.value)
 
 
 # -- our checkpoints ------------------------------------------------------------------------------------

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import shutil
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import cv2
@@ -72,7 +75,7 @@ def test_single_image_writes_annotated_image_and_json(ckpt: Path, tmp_path: Path
     assert "1 faces in 1 images" in stdout
     data = json.loads((out / "predictions.json").read_text())
     assert data["kind"] == "image" and data["num_landmarks"] == 68 and data["detector"] == "haar"
-    assert data["skipped"] == {"unreadable": [], "no_face": []}
+    assert data["skipped"] == {"unreadable": [], "too_large": [], "no_face": []}
     (record,) = data["images"]
     assert record["file"] == "takeo.ppm" and (record["width"], record["height"]) == (150, 225)
     (face,) = record["faces"]
@@ -118,7 +121,7 @@ def test_folder_skips_unreadable_and_faceless_images_with_counts(ckpt: Path, tmp
     assert "no face found in 1 image(s): blank.png" in stdout
     data = json.loads((out / "predictions.json").read_text())
     assert [r["file"] for r in data["images"]] == ["a.ppm", "sub/b.png"]
-    assert data["skipped"] == {"unreadable": ["broken.jpg"], "no_face": ["blank.png"]}
+    assert data["skipped"] == {"unreadable": ["broken.jpg"], "too_large": [], "no_face": ["blank.png"]}
     assert (out / "a.ppm").is_file() and (out / "sub" / "b.png").is_file()
     assert not (out / "blank.png").exists() and not (out / "broken.jpg").exists()
 
@@ -173,7 +176,15 @@ def test_video_writes_annotated_video_and_smooths_per_frame(ckpt: Path, tmp_path
 
     raw = json.loads((raw_out / "predictions.json").read_text())
     smooth = json.loads((smooth_out / "predictions.json").read_text())
-    assert raw["video"] == {"fps": 10.0, "width": 96, "height": 96, "frames": 8} and raw["smoothing"] is None
+    assert raw["video"] == {
+        "fps": 10.0,
+        "width": 96,
+        "height": 96,
+        "frames": 8,
+        "frames_reported": 8,
+        "stopped": None,
+    }
+    assert raw["smoothing"] is None and raw["skipped"] == {"unreadable": [], "no_face": []}
     assert [f["frame"] for f in raw["frames"]] == list(range(8))
     assert [f["time"] for f in raw["frames"]] == pytest.approx([i / 10 for i in range(8)])
     assert all(len(f["faces"]) == 1 and len(f["faces"][0]["landmarks"]) == 68 for f in raw["frames"])
@@ -282,3 +293,169 @@ def test_module_entry_point(ckpt: Path, tmp_path: Path) -> None:
     assert (tmp_path / "out" / "face.png").is_file()
     (record,) = json.loads((tmp_path / "out" / "predictions.json").read_text())["images"]
     assert record["faces"][0]["crop_box"] == [0, 0, 96, 96]  # the whole image
+
+
+# -- hostile inputs ----------------------------------------------------------------------------------------
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` pixels but holds one row: a decompression bomb's
+    header without its bytes (reading the header is all a size check needs)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * (1 + 3 * width))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def test_images_over_max_pixels_are_refused_before_decoding(ckpt: Path, tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    image, _ = render_face(sample_face_params(np.random.default_rng(5), "clean", 80))
+    cv2.imwrite(str(folder / "face.png"), image)
+    (folder / "bomb.png").write_bytes(_png_header(12000, 12000))  # 144 MP: over the default 100 MP
+    out = tmp_path / "out"
+    code, stdout, stderr = _run(
+        [f"ckpt={ckpt}", f"input={folder}", f"output={out}", "detector=whole"], capsys
+    )
+    assert code == 0, stderr
+    assert "1 faces in 1 images" in stdout
+    assert "skipped 1 image(s) of more than max_pixels=100000000 pixels: bomb.png" in stdout
+    data = json.loads((out / "predictions.json").read_text())
+    assert data["skipped"] == {"unreadable": [], "too_large": ["bomb.png"], "no_face": []}
+
+    # a single such image stops with the message: the file, its size, the option
+    code, _, err = _run([f"ckpt={ckpt}", f"input={folder / 'bomb.png'}", f"output={tmp_path / 'o1'}"], capsys)
+    assert code == 1
+    assert re.search(
+        r"bomb\.png \(12000x12000\) has 144,000,000 pixels, more than max_pixels=100,000,000", err
+    )
+    # the option lowers (or lifts) the limit
+    args = [f"ckpt={ckpt}", f"input={folder / 'face.png'}", "detector=whole"]
+    code, _, err = _run([*args, f"output={tmp_path / 'o2'}", "max_pixels=6000"], capsys)
+    assert code == 1 and "(80x80) has 6,400 pixels, more than max_pixels=6,000" in err
+    code, _, err = _run([*args, f"output={tmp_path / 'o3'}", "max_pixels=0"], capsys)
+    assert code == 0, err
+    code, _, err = _run([*args, "max_pixels=-1"], capsys)
+    assert code == 1 and "max_pixels must be >= 0" in err
+    code, _, err = _run([*args, "max_failed_frames=0"], capsys)
+    assert code == 1 and "max_failed_frames must be >= 1" in err
+    # OpenCV's own limit (2**30 pixels) gets our message too, naming the file, the size and both limits
+    (folder / "huge.png").write_bytes(_png_header(40000, 40000))
+    code, _, err = _run([f"ckpt={ckpt}", f"input={folder / 'huge.png'}", "max_pixels=null"], capsys)
+    assert code == 1 and "huge.png (1,600,000,000 pixels): more pixels than OpenCV decodes" in err
+    assert "OPENCV_IO_MAX_IMAGE_PIXELS=" in err and "max_pixels=0" in err
+    # a video whose frames are over the limit stops before its first frame
+    video = tmp_path / "clip.mp4"
+    _write_video(video, frames=2)
+    code, _, err = _run(
+        [f"ckpt={ckpt}", f"input={video}", f"output={tmp_path / 'o4'}", "max_pixels=9000"], capsys
+    )
+    assert code == 1 and "has 96x96 frames (9,216 pixels), more than max_pixels=9,000" in err
+
+
+def _damaged_video(path: Path, frames: int = 10, size: int = 64) -> tuple[bytearray, list[int]]:
+    """A small MJPG .avi (one JPEG per frame, noise so that each is a few kB), as bytes to damage and the
+    offset of each frame's JPEG start (SOI) marker."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 5.0, (size, size))
+    assert writer.isOpened()
+    rng = np.random.default_rng(0)
+    for _ in range(frames):
+        writer.write(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+    writer.release()
+    data = bytearray(path.read_bytes())
+    starts = [m.start() for m in re.finditer(b"\xff\xd8\xff", bytes(data))]
+    assert len(starts) == frames
+    return data, starts
+
+
+def test_video_with_damaged_frames_counts_and_skips_them(ckpt: Path, tmp_path: Path, capsys) -> None:
+    video = tmp_path / "clip.avi"
+    data, starts = _damaged_video(video)
+    for k in (3, 6):  # wipe the JPEG headers of frames 3 and 6: they cannot be decoded
+        data[starts[k] : starts[k] + 400] = bytes(400)
+    video.write_bytes(bytes(data))
+    out = tmp_path / "out"
+    code, stdout, stderr = _run([f"ckpt={ckpt}", f"input={video}", f"output={out}", "detector=whole"], capsys)
+    assert code == 0, stderr
+    assert "8 faces in 8 frames" in stdout and "skipped 2 unreadable frame(s): 3, 6" in stdout
+    result = json.loads((out / "predictions.json").read_text())
+    assert [f["frame"] for f in result["frames"]] == [0, 1, 2, 4, 5, 7, 8, 9]
+    assert [f["time"] for f in result["frames"]] == pytest.approx([i / 5 for i in (0, 1, 2, 4, 5, 7, 8, 9)])
+    assert result["skipped"] == {"unreadable": ["3", "6"], "no_face": []}
+    assert result["video"]["frames"] == 8 and result["video"]["frames_reported"] == 10
+    assert result["video"]["stopped"] is None
+
+    # cut short in frame 6: the frames the file reports but cannot deliver are counted, the end is found
+    cut = tmp_path / "cut.avi"
+    data, starts = _damaged_video(cut)
+    cut.write_bytes(bytes(data[: starts[6] + 100]))
+    code, stdout, stderr = _run([f"ckpt={ckpt}", f"input={cut}", f"output={out}", "detector=whole"], capsys)
+    assert code == 0, stderr
+    assert "6 faces in 6 frames" in stdout and "skipped 4 unreadable frame(s): 6, 7, 8, 9" in stdout
+    result = json.loads((out / "predictions.json").read_text())
+    assert [f["frame"] for f in result["frames"]] == [0, 1, 2, 3, 4, 5]
+    assert result["skipped"]["unreadable"] == ["6", "7", "8", "9"]
+
+    # a run of failures stops the video after max_failed_frames, with a note
+    bad = tmp_path / "bad.avi"
+    data, starts = _damaged_video(bad)
+    for k in (3, 4, 5, 6):
+        data[starts[k] : starts[k] + 400] = bytes(400)
+    bad.write_bytes(bytes(data))
+    args = [f"ckpt={ckpt}", f"input={bad}", f"output={out}", "detector=whole", "max_failed_frames=2"]
+    code, stdout, stderr = _run(args, capsys)
+    assert code == 0, stderr
+    assert "3 faces in 3 frames" in stdout and "skipped 2 unreadable frame(s): 3, 4" in stdout
+    assert "after 2 frames in a row failed to decode (frames 3-4 of the 10 it reports" in stdout
+    result = json.loads((out / "predictions.json").read_text())
+    assert (
+        result["skipped"]["unreadable"] == ["3", "4"] and "max_failed_frames=2" in result["video"]["stopped"]
+    )
+
+
+def test_frame_reader_on_a_stream_without_a_frame_count() -> None:
+    """A webcam (no frame count): failed reads followed by a good frame are damaged frames; a run of
+    max_failed_frames failed reads is the end of the stream, not an endless loop."""
+    from pipnet_lit.predict import _FrameReader
+
+    class Capture:
+        def __init__(self, script: str) -> None:
+            self.script = iter(script)  # "o": a frame, "x": a failed read, "e": an OpenCV error
+
+        def read(self):
+            step = next(self.script, "x")
+            if step == "e":
+                raise cv2.error("decoder error")
+            return (step == "o"), (np.zeros((4, 4, 3), np.uint8) if step == "o" else None)
+
+    reader = _FrameReader(Capture("ooxeoo"), "webcam 0", 0, None, 3, camera=True)
+    assert [i for i, _ in reader] == [0, 1, 4, 5]
+    assert reader.failed == [2, 3] and "after 3 reads in a row failed" in reader.stopped
+    reader = _FrameReader(Capture("oxo"), "stream", 0, None, 2)
+    assert [i for i, _ in reader] == [0, 2] and reader.failed == [1] and reader.stopped is None
+    reader = _FrameReader(Capture("o" * 10), "video", 10, 4, 2)  # max_frames
+    assert [i for i, _ in reader] == [0, 1, 2, 3]
+
+
+def test_predictions_json_is_written_atomically(ckpt: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    image, _ = render_face(sample_face_params(np.random.default_rng(5), "clean", 80))
+    cv2.imwrite(str(tmp_path / "face.png"), image)
+    out = tmp_path / "out"
+    args = [f"ckpt={ckpt}", f"input={tmp_path / 'face.png'}", f"output={out}", "detector=whole"]
+    assert _run(args, capsys)[0] == 0
+    before = (out / "predictions.json").read_bytes()
+
+    def half_then_fail(self: Path, text: str, *args, **kwargs):  # a kill or a full disk mid-write
+        with open(self, "w", encoding="utf-8") as f:
+            f.write(text[: len(text) // 2])
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", half_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        main([*args, "progress=false", "save_images=false"])
+    monkeypatch.undo()
+    assert (out / "predictions.json").read_bytes() == before  # the previous file, whole
+    assert sorted(p.name for p in out.iterdir()) == ["face.png", "predictions.json"]  # no temporary left

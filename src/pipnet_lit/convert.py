@@ -133,10 +133,11 @@ def read_official_meanface(path: str | Path) -> np.ndarray:
 
 
 def load_official_weights(path: str | Path) -> dict[str, Tensor]:
-    """The state dict of an official ``epoch*.pth`` (``torch.load(weights_only=True)``, ``module.`` prefixes
-    of ``nn.DataParallel`` removed); clear errors for a missing file, a non-torch file or our checkpoint."""
+    """The state dict of an official ``epoch*.pth`` (``torch.load(weights_only=True)``, zip checksums
+    verified, ``module.`` prefixes of ``nn.DataParallel`` removed); clear errors for a missing, cut short,
+    damaged or non-torch file, our checkpoint, and a torch file of something else."""
     path = Path(path)
-    return _check_state(torch_load(path, "official weights"), str(path))
+    return _check_state(torch_load(path, "official weights", verify=True), str(path))
 
 
 def _check_state(state: Any, source: str) -> dict[str, Tensor]:
@@ -145,9 +146,30 @@ def _check_state(state: Any, source: str) -> dict[str, Tensor]:
             f"{source} is a pipnet-lit checkpoint, not official weights: load it with read_checkpoint / "
             "Predictor.from_checkpoint"
         )
-    if not isinstance(state, dict) or not state or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"{source} is not a state dict of tensors (the official epoch*.pth files are)")
-    return {k.removeprefix("module."): v for k, v in state.items()}
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        raise ValueError(
+            f"{source} is a training checkpoint (a dict with 'state_dict'), not the official code's weights "
+            "(a bare state dict saved with torch.save(net.state_dict(), ...))"
+        )
+    if not isinstance(state, dict) or not state:
+        held = "an empty dict" if isinstance(state, dict) else f"a {type(state).__name__}"
+        raise ValueError(
+            f"{source} is not a state dict of tensors (the official epoch*.pth files are); it holds {held}"
+        )
+    bad = [f"{k!r} ({type(v).__name__})" for k, v in state.items() if not isinstance(v, Tensor)]
+    if bad:
+        more = f" (+{len(bad) - 5} more)" if len(bad) > 5 else ""
+        raise ValueError(
+            f"{source} is not a state dict of tensors (the official epoch*.pth files are); entries that are "
+            f"not tensors: {', '.join(bad[:5])}{more}"
+        )
+    state = {str(k).removeprefix("module."): v for k, v in state.items()}
+    if "cls_layer.weight" not in state or "nb_x_layer.weight" not in state:
+        raise ValueError(
+            f"{source} is a state dict, but not of a PIPNet (no cls_layer.weight / nb_x_layer.weight; it has "
+            f"{sorted(state)[:5]}...)"
+        )
+    return state
 
 
 def describe_official_weights(state: dict[str, Tensor]) -> dict[str, Any]:

@@ -25,6 +25,9 @@ the landmark's cell and 0 elsewhere): a confidence, not a calibrated probability
 
 from __future__ import annotations
 
+import os
+import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,9 +48,11 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "DEFAULT_MAX_PIXELS",
     "CropPrediction",
     "FacePrediction",
     "ImageReadError",
+    "ImageTooLargeError",
     "LandmarkGraph",
     "Predictor",
     "crop_faces",
@@ -143,28 +148,45 @@ def uncrop(landmarks: np.ndarray | Tensor, boxes_xyxy: np.ndarray | Tensor) -> n
     return denormalize_points(landmarks, frames_xywh)
 
 
-def load_image(image: str | Path | np.ndarray | Any, color: Literal["bgr", "rgb"] = "bgr") -> np.ndarray:
+#: Default pixel limit of `load_image` (width x height): 100 megapixels, far above any photo a face detector
+#: needs and far below what exhausts memory (an 8-bit BGR image of this size is 300 MB once decoded).
+DEFAULT_MAX_PIXELS = 100_000_000
+
+#: OpenCV's own decoding limit when the environment variable does not set one (``1 << 30`` pixels).
+_OPENCV_MAX_PIXELS_DEFAULT = 1 << 30
+
+
+class ImageTooLargeError(ImageReadError):
+    """An image with more pixels than the ``max_pixels`` limit (or than OpenCV decodes), refused before it is
+    decoded when the file's header tells its size."""
+
+
+def load_image(
+    image: str | Path | np.ndarray | Any,
+    color: Literal["bgr", "rgb"] = "bgr",
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> np.ndarray:
     """An image file path, PIL image or numpy array -> (H, W, 3) uint8 BGR (a new array for paths / PIL).
 
     numpy arrays are taken as BGR (OpenCV's order) unless ``color="rgb"``; (H, W) grayscale and
     (H, W, 4) arrays with alpha are converted. Raises `ImageReadError` naming the file when it cannot be
-    decoded.
+    decoded, and `ImageTooLargeError` (one) for an image of more than ``max_pixels`` pixels (width x height;
+    0 or None: no limit of ours): a file's size is read from its header (PIL, which reads headers lazily)
+    before a byte of pixels is decoded, so a hostile "decompression bomb" is refused before memory runs
+    out. OpenCV's own limit (the environment variable ``OPENCV_IO_MAX_IMAGE_PIXELS``, 2**30 by default)
+    still applies to files.
     """
     if color not in ("bgr", "rgb"):
         raise ValueError(f"color must be 'bgr' or 'rgb', got {color!r}")
+    if max_pixels is not None and int(max_pixels) < 0:
+        raise ValueError(f"max_pixels must be >= 0 (0 or None: no limit), got {max_pixels}")
+    limit = int(max_pixels or 0)
     if isinstance(image, (str, Path)):
-        path = Path(image)
-        if not path.is_file():
-            raise ImageReadError(f"cannot read image {path}: no such file")
-        data = np.fromfile(str(path), dtype=np.uint8)  # not cv2.imread: non-ASCII paths work everywhere
-        decoded = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-        if decoded is None:
-            raise ImageReadError(
-                f"cannot read image {path}: OpenCV cannot decode it (not an image, truncated, or an "
-                "unsupported format)"
-            )
-        return decoded
+        return _read_image_file(Path(image), limit)
     if type(image).__module__.startswith("PIL."):
+        width, height = image.size
+        _check_pixels(f"the {width}x{height} PIL image", width * height, limit)
         return cv2.cvtColor(np.asarray(image.convert("RGB")), cv2.COLOR_RGB2BGR)
     if not isinstance(image, np.ndarray):
         raise ImageReadError(
@@ -172,6 +194,9 @@ def load_image(image: str | Path | np.ndarray | Any, color: Literal["bgr", "rgb"
         )
     if image.dtype != np.uint8:
         raise ImageReadError(f"image arrays must be uint8 (0..255), got {image.dtype}")
+    if image.ndim >= 2:
+        height, width = image.shape[:2]
+        _check_pixels(f"the {width}x{height} image array", width * height, limit)
     if image.ndim == 2:
         return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     if image.ndim != 3 or image.shape[2] not in (3, 4) or 0 in image.shape[:2]:
@@ -179,6 +204,80 @@ def load_image(image: str | Path | np.ndarray | Any, color: Literal["bgr", "rgb"
     if image.shape[2] == 4:
         return cv2.cvtColor(image, cv2.COLOR_RGBA2BGR if color == "rgb" else cv2.COLOR_BGRA2BGR)
     return np.ascontiguousarray(image[..., ::-1]) if color == "rgb" else image
+
+
+def _check_pixels(
+    what: str, pixels: int, limit: int, *, at_least: bool = False, header: bool = False
+) -> None:
+    """`ImageTooLargeError` when ``pixels`` (``at_least``: a lower bound) exceed ``limit`` (0: none)."""
+    if limit and pixels > limit:
+        size = f"more than {pixels - 1:,}" if at_least else f"{pixels:,}"
+        when = " (read from its header, before decoding it)" if header else ""
+        raise ImageTooLargeError(
+            f"{what} has {size} pixels, more than max_pixels={limit:,}{when}: shrink the image or raise "
+            "max_pixels (0: no limit)"
+        )
+
+
+def _header_size(path: Path) -> tuple[str | None, int | None, bool]:
+    """What the file's header says, without decoding pixels: ``("WxH", pixels, False)``; ``(None, n, True)``
+    when PIL refuses it as a decompression bomb (more than ``n - 1`` pixels); ``(None, None, False)`` when
+    PIL cannot tell (not an image, a format PIL lacks, PIL not installed): OpenCV decides then."""
+    try:
+        from PIL import Image
+    except ImportError:  # pillow comes with torchvision; without it the decoded size is checked instead
+        return None, None, False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:  # reads the header only
+                width, height = im.size
+        return f"{width}x{height}", int(width) * int(height), False
+    except Image.DecompressionBombError as err:  # PIL's own limit, 2 * Image.MAX_IMAGE_PIXELS
+        found = re.search(r"\((\d+) pixels\)", str(err))
+        if found:
+            return None, int(found.group(1)), False
+        bound = 2 * int(Image.MAX_IMAGE_PIXELS or 0) + 1
+        return None, bound, True
+    except Exception:  # not an image PIL knows, cut short, unreadable: OpenCV decides
+        return None, None, False
+
+
+def _read_image_file(path: Path, limit: int) -> np.ndarray:
+    if not path.is_file():
+        raise ImageReadError(f"cannot read image {path}: no such file")
+    size, pixels, at_least = _header_size(path)
+    if pixels is not None:
+        what = f"image {path} ({size})" if size else f"image {path}"
+        _check_pixels(what, pixels, limit, at_least=at_least, header=True)
+    data = np.fromfile(str(path), dtype=np.uint8)  # not cv2.imread: non-ASCII paths work everywhere
+    try:
+        decoded = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    except cv2.error as err:
+        if "CV_IO_MAX_IMAGE_PIXELS" in str(err):
+            told = f"{size}, {pixels:,} pixels" if size else f"{pixels:,} pixels" if pixels else ""
+            raise ImageTooLargeError(
+                f"cannot read image {path}" + (f" ({told})" if told else "") + ": more pixels than OpenCV "
+                f"decodes, OPENCV_IO_MAX_IMAGE_PIXELS={_opencv_max_pixels():,} (an environment variable, "
+                f"default 2**30; our own limit is max_pixels={limit}, 0: off): shrink the image, or raise "
+                "both limits"
+            ) from None
+        decoded = None
+    if decoded is None:
+        raise ImageReadError(
+            f"cannot read image {path}: OpenCV cannot decode it (not an image, truncated, or an "
+            "unsupported format)"
+        )
+    height, width = decoded.shape[:2]
+    _check_pixels(f"image {path} ({width}x{height})", width * height, limit)  # the header could not tell
+    return decoded
+
+
+def _opencv_max_pixels() -> int:
+    try:
+        return int(os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS", _OPENCV_MAX_PIXELS_DEFAULT))
+    except ValueError:
+        return _OPENCV_MAX_PIXELS_DEFAULT
 
 
 # -- results -------------------------------------------------------------------------------------------
@@ -401,14 +500,20 @@ class Predictor:
         return CropPrediction(torch.cat(landmarks), torch.cat(scores))
 
     def __call__(
-        self, image: str | Path | np.ndarray | Any, boxes_xyxy: Any, *, color: Literal["bgr", "rgb"] = "bgr"
+        self,
+        image: str | Path | np.ndarray | Any,
+        boxes_xyxy: Any,
+        *,
+        color: Literal["bgr", "rgb"] = "bgr",
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> FacePrediction:
         """Landmarks of the faces in ``boxes_xyxy`` (N, 4) ``(x0, y0, x1, y1)`` image pixels (crop boxes).
 
-        ``image``: a file path, a PIL image or a numpy array (BGR unless ``color="rgb"``). Boxes from a face
-        detector are turned into crop boxes with the detector's rule first (`pipnet_lit.detect`).
+        ``image``: a file path, a PIL image or a numpy array (BGR unless ``color="rgb"``), read by
+        `load_image` (an image of more than ``max_pixels`` pixels is refused; 0 or None: no limit). Boxes
+        from a face detector are turned into crop boxes with the detector's rule first (`pipnet_lit.detect`).
         """
-        bgr = load_image(image, color)
+        bgr = load_image(image, color, max_pixels=max_pixels)
         crops, frames = crop_faces(bgr, boxes_xyxy, self.input_size)
         pred = self.crops(crops)
         norm = pred.landmarks.numpy()

@@ -14,8 +14,9 @@ named contract (`EvaluationData`: ``num_landmarks``, ``meanface``, ``evaluation_
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
@@ -46,7 +47,15 @@ from pipnet_lit.pip import (
     pip_loss,
 )
 
-__all__ = ["EvalResults", "PIPNetModule"]  # EvalResults: re-exported from pipnet_lit.evaluation
+__all__ = ["EvalResults", "NonFiniteLossError", "PIPNetModule"]  # EvalResults: from pipnet_lit.evaluation
+
+#: What `PIPNetModule` does with a NaN / inf training loss (``nonfinite_loss``).
+NONFINITE_LOSS_ACTIONS = ("stop", "skip")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A training loss that is NaN or inf (``nonfinite_loss="stop"``); the message names the epoch, the batch
+    and the global step."""
 
 
 class PIPNetModule(L.LightningModule):
@@ -64,6 +73,11 @@ class PIPNetModule(L.LightningModule):
             YAML's ``metrics:``, taken from the datamodule.
         fr_threshold, auc_step: failure-rate threshold and AUC integration step.
         merge: decode with the neighbour-vote merge (the paper's inference) or the landmark's own estimate.
+        nonfinite_loss: a NaN / inf training loss ``"stop"``s training with `NonFiniteLossError` naming the
+            epoch, the batch and the global step (default), or is ``"skip"``ped: no backward, no optimizer
+            step, the batch-norm statistics the batch changed restored, counted in ``train/skipped_nonfinite``
+            and warned about. ``"skip"`` works on one process only: under DDP every rank must take the same
+            step, and Lightning refuses a skipped step when ``world_size > 1``, so it is refused there.
     """
 
     def __init__(
@@ -87,7 +101,12 @@ class PIPNetModule(L.LightningModule):
         fr_threshold: float = 0.1,
         auc_step: float = 1e-4,
         merge: bool = True,
+        nonfinite_loss: Literal["stop", "skip"] = "stop",
     ) -> None:
+        if nonfinite_loss not in NONFINITE_LOSS_ACTIONS:
+            raise ValueError(
+                f"nonfinite_loss must be one of {NONFINITE_LOSS_ACTIONS}, got {nonfinite_loss!r}"
+            )
         super().__init__()
         # plain Python containers (not Hydra's ListConfig) so checkpoints load with weights_only=True
         milestones = [int(m) for m in milestones]
@@ -109,6 +128,8 @@ class PIPNetModule(L.LightningModule):
         self.eval_results: dict[str, dict[str, EvalResults]] = {}
         self.test_results: dict[str, dict[str, float]] = {}
         self.example_input_array = torch.zeros(1, 3, input_size, input_size)
+        #: training batches skipped for a non-finite loss (``nonfinite_loss="skip"``), in this process
+        self.skipped_nonfinite = 0
 
     # -- mean face and neighbours -----------------------------------------------------------------
     def set_meanface(self, meanface: np.ndarray | Tensor) -> None:
@@ -216,9 +237,22 @@ class PIPNetModule(L.LightningModule):
         return out.landmarks, out.scores
 
     # -- training ----------------------------------------------------------------------------------
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
         """The PIP loss; with a batch ``task`` tensor (self-training) that is not all ``std``, the
-        curriculum loss, each sample supervising the maps of its task (std / cls2 / cls3)."""
+        curriculum loss, each sample supervising the maps of its task (std / cls2 / cls3).
+
+        A NaN / inf loss raises `NonFiniteLossError` (``nonfinite_loss="stop"``) or returns None
+        (``"skip"``), which Lightning's automatic optimization takes as "no backward, no optimizer step"."""
+        skip = self.hparams.get("nonfinite_loss", "stop") == "skip"
+        distributed = self._trainer is not None and self.trainer.world_size > 1
+        if skip and distributed:
+            raise ValueError(
+                "model.nonfinite_loss=skip works on one process only: under DDP every rank must take the "
+                "same optimizer step (Lightning refuses a skipped step when world_size > 1); use "
+                "model.nonfinite_loss=stop"
+            )
+        # a skipped batch must leave no trace: its forward pass updates the batch-norm running statistics
+        saved = [b.detach().clone() for b in self.net.buffers()] if skip else None
         out = self.net(batch["image"])
         grid = tuple(out.score.shape[-2:])
         hp = self.hparams
@@ -237,6 +271,40 @@ class PIPNetModule(L.LightningModule):
             targets = encode_curriculum_targets(batch["landmarks"], tasks, self.neighbors, grid)
             loss = curriculum_loss(out, targets, **weights)
         batch_size = batch["image"].shape[0]
+        total = loss.total.detach()
+        bad = ~torch.isfinite(total)
+        if distributed:  # every rank stops together (one that raised alone would leave the others waiting)
+            bad = self.trainer.strategy.reduce(bad.float(), reduce_op="sum") > 0
+        if bool(bad):  # one host sync per step
+            parts = ", ".join(
+                f"{k}={float(getattr(loss, k).detach()):.4g}" for k in ("cls", "x", "y", "nb_x", "nb_y")
+            )
+            where = (
+                f"epoch {self.current_epoch}, batch {batch_idx} of the epoch (global step {self.global_step})"
+            )
+            if not skip:
+                if bool(torch.isfinite(total)):
+                    raise NonFiniteLossError(
+                        f"the training loss of another DDP rank is NaN or inf at {where} (its message names "
+                        f"the cause; the loss here, rank {self.global_rank}, is {float(total):.4g})"
+                    )
+                raise NonFiniteLossError(
+                    f"the training loss is {float(total)} at {where}; its parts: {parts}. A NaN / inf "
+                    "in the batch (images, landmarks) or weights that diverged (lower model.lr)? "
+                    "model.nonfinite_loss=skip skips such batches instead"
+                )
+            with torch.no_grad():
+                for buffer, old in zip(self.net.buffers(), saved, strict=True):
+                    buffer.copy_(old)
+            self.skipped_nonfinite += 1
+            self.log("train/skipped_nonfinite", float(self.skipped_nonfinite), batch_size=batch_size)
+            warnings.warn(
+                f"skipped a training batch with a non-finite loss ({float(total)}) at {where}; its "
+                f"parts: {parts} ({self.skipped_nonfinite} skipped so far)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return None
         self.log("train/loss", loss.total, prog_bar=True, batch_size=batch_size)
         self.log_dict(
             {f"train/loss_{k}": getattr(loss, k) for k in ("cls", "x", "y", "nb_x", "nb_y")},

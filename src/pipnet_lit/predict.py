@@ -23,12 +23,19 @@ landmark's score (plus ``landmarks_raw`` when smoothing). Faces are batched acro
                   that the checkpoint predicts as many landmarks
   smooth          true: One Euro filter on video landmarks per face track (smoothing.min_cutoff, .beta,
                   .d_cutoff, .min_iou); off by default
+  max_pixels      refuse images (and videos whose frames are) larger than this many pixels, read from the
+                  file's header before decoding (default 100000000; 0 or null: no limit)
+  max_failed_frames  stop a video or webcam after this many frames in a row fail to decode (default 10)
   batch_size, device (auto | cpu | cuda), max_frames, fps (for inputs that do not report one), progress,
   save_images (false: JSON only), draw.points / draw.lines / draw.boxes / draw.radius / draw.color
 
-Bad input: an unreadable single image, an image without a face, a video or webcam that cannot be opened and a
-checkpoint that does not fit the scheme stop with a message (exit code 1); in a folder, unreadable images and
-images without a face are skipped and counted, and in a video frames without a face are counted.
+Bad input: an unreadable or too large single image, an image without a face, a video or webcam that cannot be
+opened or has frames over max_pixels, and a checkpoint that is not one or does not fit the scheme stop with a
+message (exit code 1); in a folder, unreadable images, images over max_pixels and images without a face are
+skipped and counted. In a video, frames without a face are counted, and frames that fail to decode are
+skipped and counted (a failed read before the frame count the video reports is a damaged frame; after it,
+the end of the video); ``max_failed_frames`` failures in a row stop the video with a note. The JSON file is
+written atomically: a killed run leaves the previous file or the new one, never half of one.
 """
 
 from __future__ import annotations
@@ -46,7 +53,16 @@ import torch
 
 from pipnet_lit.cli import Command, HelpRequested, UsageError, option
 from pipnet_lit.detect import Detections, FaceDetector, build_detector
-from pipnet_lit.inference import ImageReadError, Predictor, crop_faces, load_image, uncrop
+from pipnet_lit.files import atomic_write_text
+from pipnet_lit.inference import (
+    DEFAULT_MAX_PIXELS,
+    ImageReadError,
+    ImageTooLargeError,
+    Predictor,
+    crop_faces,
+    load_image,
+    uncrop,
+)
 from pipnet_lit.smoothing import LandmarkSmoother
 
 __all__ = [
@@ -114,6 +130,10 @@ class PredictConfig:
     draw: DrawConfig = option(default_factory=DrawConfig, help="drawing settings")
     save_images: bool = option(True, help="write annotated images / video (false: JSON only)")
     max_frames: int | None = option(None, help="stop a video or webcam after this many frames")
+    max_pixels: int | None = option(
+        DEFAULT_MAX_PIXELS, help="refuse images / video frames of more pixels than this (0 or null: no limit)"
+    )
+    max_failed_frames: int = option(10, help="stop a video or webcam after this many failed reads in a row")
     fps: float | None = option(None, help="frame rate for inputs that do not report one")
     progress: bool = option(True, help="show a progress bar")
 
@@ -131,21 +151,33 @@ class PredictSummary:
     processed: int = 0
     faces: int = 0
     unreadable: list[str] = field(default_factory=list)
+    too_large: list[str] = field(default_factory=list)
     no_face: list[str] = field(default_factory=list)
+    max_pixels: int | None = None
+    stopped: str | None = None
 
     def message(self) -> str:
         unit = "frames" if self.kind in ("video", "webcam") else "images"
+        what = "frame(s)" if unit == "frames" else "image(s)"
         text = f"{self.faces} faces in {self.processed} {unit}; wrote {self.json_path}"
         if self.written:
             text += f" and {len(self.written)} annotated file(s) in {self.json_path.parent}"
         if self.unreadable:
-            shown = ", ".join(self.unreadable[:5]) + (" ..." if len(self.unreadable) > 5 else "")
-            text += f"\nskipped {len(self.unreadable)} unreadable image(s): {shown}"
+            text += f"\nskipped {len(self.unreadable)} unreadable {what}: {_shown(self.unreadable)}"
+        if self.too_large:
+            text += (
+                f"\nskipped {len(self.too_large)} image(s) of more than max_pixels={self.max_pixels} pixels: "
+                f"{_shown(self.too_large)}"
+            )
         if self.no_face:
-            shown = ", ".join(self.no_face[:5]) + (" ..." if len(self.no_face) > 5 else "")
-            what = "frame(s)" if unit == "frames" else "image(s)"
-            text += f"\nno face found in {len(self.no_face)} {what}: {shown}"
+            text += f"\nno face found in {len(self.no_face)} {what}: {_shown(self.no_face)}"
+        if self.stopped:
+            text += f"\n{self.stopped}"
         return text
+
+
+def _shown(names: list[str], most: int = 5) -> str:
+    return ", ".join(names[:most]) + (" ..." if len(names) > most else "")
 
 
 # -- config ----------------------------------------------------------------------------------------------
@@ -309,6 +341,10 @@ def _check_output(output: Path, inputs: Sequence[Path]) -> None:
 
 def predict(cfg: PredictConfig) -> PredictSummary:
     """Run the CLI's job; raises `PredictError` (or ValueError / FileNotFoundError) with a message."""
+    if cfg.max_pixels is not None and cfg.max_pixels < 0:
+        raise ValueError(f"max_pixels must be >= 0 (0 or null: no limit), got {cfg.max_pixels}")
+    if cfg.max_failed_frames < 1:
+        raise ValueError(f"max_failed_frames must be >= 1, got {cfg.max_failed_frames}")
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     scheme = None
     if cfg.scheme:
@@ -365,7 +401,7 @@ def _run_images(
         root = source
         if not files:
             raise PredictError(f"no images in {source} (looked for {', '.join(IMAGE_SUFFIXES)})")
-    summary = PredictSummary(kind, output / JSON_NAME)
+    summary = PredictSummary(kind, output / JSON_NAME, max_pixels=cfg.max_pixels)
     records: list[dict[str, Any]] = []
     output.mkdir(parents=True, exist_ok=True)
 
@@ -404,28 +440,83 @@ def _run_images(
         for path in files:
             rel = path.relative_to(root).as_posix()
             try:
-                image = load_image(path)
+                image = load_image(path, max_pixels=cfg.max_pixels)
             except ImageReadError as err:
                 if kind == "image":
                     raise PredictError(str(err)) from None
-                summary.unreadable.append(rel)
+                (summary.too_large if isinstance(err, ImageTooLargeError) else summary.unreadable).append(rel)
             else:
                 batcher.add(rel, image)
             progress.advance(task)
         batcher.flush()
-    skipped = {"unreadable": summary.unreadable, "no_face": summary.no_face}
+    skipped = {"unreadable": summary.unreadable, "too_large": summary.too_large, "no_face": summary.no_face}
     _write_json(summary.json_path, {**header, "images": records, "skipped": skipped})
     return summary
 
 
-def _frames(capture: cv2.VideoCapture, max_frames: int | None) -> Iterator[tuple[int, np.ndarray]]:
-    index = 0
-    while max_frames is None or index < max_frames:
-        ok, frame = capture.read()
-        if not ok or frame is None:
-            return
-        yield index, frame
-        index += 1
+class _FrameReader:
+    """The frames of a capture with their index in the stream, skipping those that fail to decode.
+
+    A failed read (``read`` False, or an OpenCV error) below the frame count the video reports (``total``;
+    0: unknown, a webcam) is a damaged frame: skipped, and its index listed in ``failed``. At or after that
+    count it is the end of the video. Without a count, failed reads followed by a good frame are damaged
+    frames, and ``max_failed`` of them in a row end the stream (for a webcam, with a note in ``stopped``);
+    with a count, ``max_failed`` in a row stop the video early with a note.
+    """
+
+    def __init__(
+        self,
+        capture: cv2.VideoCapture,
+        label: str,
+        total: int,
+        max_frames: int | None,
+        max_failed: int,
+        *,
+        camera: bool = False,
+    ) -> None:
+        self.capture, self.label, self.total, self.camera = capture, label, total, camera
+        self.max_frames, self.max_failed = max_frames, max_failed
+        self.failed: list[int] = []
+        self.stopped: str | None = None
+
+    def _read(self) -> np.ndarray | None:
+        try:
+            ok, frame = self.capture.read()
+        except cv2.error:  # a decoder error surfaced as an exception: a damaged frame, like ok=False
+            return None
+        return frame if ok and frame is not None and frame.size else None
+
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
+        index = 0
+        run: list[int] = []  # the current run of failed reads
+        while self.max_frames is None or index < self.max_frames:
+            frame = self._read()
+            if frame is not None:
+                self.failed += run
+                run = []
+                yield index, frame
+                index += 1
+                continue
+            if self.total and index >= self.total:  # past the reported frame count: the end
+                break
+            run.append(index)
+            index += 1
+            if len(run) >= self.max_failed:
+                if self.total:
+                    self.stopped = (
+                        f"stopped reading {self.label} after {len(run)} frames in a row failed to decode "
+                        f"(frames {run[0]}-{run[-1]} of the {self.total} it reports; max_failed_frames="
+                        f"{self.max_failed})"
+                    )
+                    self.failed += run
+                elif self.camera:
+                    self.stopped = (
+                        f"stopped reading {self.label} after {len(run)} reads in a row failed "
+                        f"(max_failed_frames={self.max_failed}): the camera stopped delivering frames"
+                    )
+                return  # without a frame count, a run that never recovers is the end of the stream
+        if self.total:
+            self.failed += run  # failed reads below the reported count (a truncated or damaged tail)
 
 
 def _run_video(
@@ -455,10 +546,19 @@ def _run_video(
         height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
         reported = capture.get(cv2.CAP_PROP_FPS)
         fps = float(cfg.fps or (reported if reported and np.isfinite(reported) and reported > 0 else 25.0))
-        total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if kind == "video" else 0
-        total = min(total, cfg.max_frames) if cfg.max_frames and total > 0 else total
+        reported = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if kind == "video" else 0
+        reported = max(reported, 0)
+        total = min(reported, cfg.max_frames) if cfg.max_frames and reported > 0 else reported
+        if cfg.max_pixels and width * height > cfg.max_pixels:
+            raise PredictError(
+                f"{label} has {width}x{height} frames ({width * height:,} pixels), more than max_pixels="
+                f"{cfg.max_pixels:,}: shrink it or raise max_pixels (0: no limit)"
+            )
         output.mkdir(parents=True, exist_ok=True)
         summary = PredictSummary(kind, output / JSON_NAME)
+        reader = _FrameReader(
+            capture, label, reported, cfg.max_frames, cfg.max_failed_frames, camera=kind == "webcam"
+        )
         target = output / f"{name}.mp4"
         if kind == "video":
             _check_output(target, [Path(cfg.input)])
@@ -492,7 +592,7 @@ def _run_video(
         try:
             with _progress(cfg.progress) as progress:
                 task = progress.add_task(label, total=total or None)
-                for index, frame in _frames(capture, cfg.max_frames):
+                for index, frame in reader:
                     batcher.add(index, frame)
                     progress.advance(task)
                 batcher.flush()
@@ -503,21 +603,31 @@ def _run_video(
                 writer.release()
     finally:
         capture.release()
+    summary.unreadable = [str(i) for i in reader.failed]
+    summary.stopped = reader.stopped
     if summary.processed == 0:
-        raise PredictError(f"cannot read any frame from {label}")
+        failed = f" ({len(reader.failed)} frames failed to decode)" if reader.failed else ""
+        raise PredictError(f"cannot read any frame from {label}{failed}")
     if writer is not None:
         summary.written.append(target)
-    video = {"fps": fps, "width": width, "height": height, "frames": summary.processed}
+    video = {
+        "fps": fps,
+        "width": width,
+        "height": height,
+        "frames": summary.processed,
+        "frames_reported": reported or None,
+        "stopped": reader.stopped,
+    }
     body = {**header, "video": video, "smoothing": asdict(cfg.smoothing) if cfg.smooth else None}
-    _write_json(summary.json_path, {**body, "frames": frames, "skipped": {"no_face": summary.no_face}})
+    skipped = {"unreadable": summary.unreadable, "no_face": summary.no_face}
+    _write_json(summary.json_path, {**body, "frames": frames, "skipped": skipped})
     return summary
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data), encoding="utf-8")
-    tmp.replace(path)
+    """``predictions.json``, atomically (`pipnet_lit.files.atomic_write_text`): a killed run leaves the old
+    file or the new one."""
+    atomic_write_text(path, json.dumps(data))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
