@@ -85,9 +85,9 @@ def _snapshot(cache_dir: Path) -> dict[str, tuple[bytes, int]]:
 def test_files_written_and_read_back(root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     written: list[str] = []
 
-    def recording_write(path, write):
+    def recording_write(path, write, **kwargs):
         written.append(Path(path).name)
-        return atomic_write(path, write)
+        return atomic_write(path, write, **kwargs)
 
     # every state file goes through pipnet_lit.files.atomic_write (temp file + rename)
     monkeypatch.setattr(files_module, "atomic_write", recording_write)
@@ -95,8 +95,11 @@ def test_files_written_and_read_back(root: Path, tmp_path: Path, monkeypatch: py
     params = {"root": root, "scale": np.float64(1.1), "folders": tuple(FOLDERS)}
     records = _records(root)
     assert _prepare(records, cache, 24, description="300w train", params=params) == cache
-    # Text files first, the manifest last: an interrupted build never leaves a manifest behind.
-    assert written == ["annotations.txt", "boxes.txt", "attributes.jsonl", "manifest.json"]
+    # Each crop, then the text files, the manifest last: an interrupted build never leaves a manifest behind.
+    crops = sorted(written[: len(NAMES)])
+    assert crops == [f"{n}.png" for n in NAMES]
+    assert written[len(NAMES) :] == ["annotations.txt", "boxes.txt", "attributes.jsonl", "manifest.json"]
+    written = written[len(NAMES) :]
     assert sorted(p.name for p in cache.iterdir()) == sorted([*written, "images"])
     assert sorted(p.name for p in (cache / "images").iterdir()) == [f"{n}.png" for n in NAMES]
 

@@ -12,16 +12,20 @@ Configured in ``conf/callbacks/default.yaml``; each one can be dropped, e.g. ``c
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from pipnet_lit import presentation
+from pipnet_lit.faults import kill_point
 from pipnet_lit.lit_module import PIPNetModule
 from pipnet_lit.metrics.functional import ced_curve
 from pipnet_lit.models.backbones import IMAGENET_MEAN, IMAGENET_STD
@@ -289,3 +293,81 @@ class PredictionGrid(L.Callback):
             elif isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_image("val/grid", figure_array(fig), epoch, dataformats="HWC")
         self._items = []
+
+
+class FaultPoints(L.Callback):
+    """The training and test fault points of `pipnet_lit.faults` (``train_batch``, ``test``): added to every
+    job by `pipnet_lit.jobs.build_job` while ``PIPNET_KILL_AT`` is set (the kill-at-every-phase tests)."""
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, idx: int
+    ) -> None:
+        kill_point("train_batch")
+
+    def on_test_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, idx: int, dataloader_idx: int = 0
+    ) -> None:
+        kill_point("test")
+
+
+class ResumableRandomState(L.Callback):
+    """Saves the global random generators (torch, CUDA, numpy, Python) in every checkpoint and restores them
+    on resume, so that ``ckpt_path=last`` continues with the data order and augmentation an uninterrupted
+    run would have drawn (the datamodule's `state_dict` keeps the augmentation pipeline's own generators).
+    Stored as plain values: checkpoints still load with ``torch.load(weights_only=True)``."""
+
+    def state_dict(self) -> dict[str, Any]:
+        version, internal, gauss = random.getstate()
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        state: dict[str, Any] = {
+            "torch": torch.get_rng_state(),
+            "numpy": [
+                kind,
+                torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                int(pos),
+                int(has_gauss),
+                cached,
+            ],
+            "python": [version, list(internal), gauss],
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not state_dict:
+            return
+        torch.set_rng_state(state_dict["torch"])
+        kind, keys, pos, has_gauss, cached = state_dict["numpy"]
+        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+        version, internal, gauss = state_dict["python"]
+        random.setstate((version, tuple(internal), gauss))
+        if "cuda" in state_dict and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
+
+
+class ModelCheckpoint(LightningModelCheckpoint):
+    """Lightning's `ModelCheckpoint`, except that ``save_last=True`` writes ``last.ckpt`` at every
+    checkpointing point (each epoch end), as its name says.
+
+    Since Lightning 2.6, ``save_last=True`` rewrites ``last.ckpt`` only when a top-k checkpoint is saved in
+    the same step: with ``monitor=val/nme, save_top_k=1``, an epoch whose validation NME did not improve left
+    ``last.ckpt`` at the best epoch, so ``ckpt_path=last`` resumed from an older epoch and ``test_ckpt=last``
+    (the official protocol: the final epoch's model) tested the best one.
+    """
+
+    def _save_last_every_time(self, trainer: L.Trainer) -> None:
+        if self.save_last is True and self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if not self._should_skip_saving_checkpoint(trainer) and self._should_save_on_train_epoch_end(trainer):
+            self._save_last_every_time(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_skip_saving_checkpoint(trainer) and not self._should_save_on_train_epoch_end(
+            trainer
+        ):
+            self._save_last_every_time(trainer)

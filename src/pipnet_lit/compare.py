@@ -26,6 +26,7 @@ import yaml
 
 from pipnet_lit import presentation
 from pipnet_lit.cli import Command, option
+from pipnet_lit.files import atomic_write_text
 from pipnet_lit.paper import PaperNME, paper_nmes
 from pipnet_lit.presentation import format_metric, markdown_table, metric_header
 from pipnet_lit.run_results import METRICS_NAME, PER_IMAGE_NAME, read_per_image_results
@@ -473,7 +474,7 @@ def make_report(
         lines += [f"- warning: {w}" for w in summary.warnings]
     markdown = "\n".join(lines) + "\n"
     path = out / REPORT_FILE
-    path.write_text(markdown, encoding="utf-8")
+    atomic_write_text(path, markdown)
     return Report(
         runs=runs,
         markdown=markdown,

@@ -11,18 +11,51 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+#: Temporary files of `atomic_write` are named ``.<name>.tmp-<pid>`` beside their target (never ``*.ckpt``,
+#: ``*.json``, ...: no reader mistakes one for the real file); `stale_temporaries` finds those a kill left.
+TEMP_MARK = ".tmp-"
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], Any]) -> Path:
-    """``write(temporary path)`` in ``path``'s folder, then ``os.replace`` it onto ``path``."""
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], Any], *, durable: bool = True) -> Path:
+    """``write(temporary path)`` in ``path``'s folder, flush it to disk, then ``os.replace`` it onto ``path``:
+    a kill or a full disk leaves the old file or the new one, never part of one.
+
+    ``durable=False`` skips the flush (a rename is still atomic against a kill; only a power cut could lose
+    the bytes): for many small files whose folder is marked complete by a durable file written last, as
+    the crop cache's images before its manifest (`flush_all` between the two).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}")
     try:
         write(tmp)
+        if durable:
+            with tmp.open("rb+") as f:  # the bytes reach the disk before the name points at them
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, durable: bool = True) -> Path:
+    """Write ``data`` to ``path`` atomically (see `atomic_write` for ``durable``)."""
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data), durable=durable)
+
+
+def flush_all() -> None:
+    """Flush every written file to disk (``os.sync``; nothing where the platform has none)."""
+    if hasattr(os, "sync"):
+        os.sync()
+
+
+def stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """The temporary files `atomic_write` left in ``folder`` when its process was killed (or all of them,
+    while a writer is still running: call this only for a folder no other process writes)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.name.startswith(".") and TEMP_MARK in p.name)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:

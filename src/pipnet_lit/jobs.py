@@ -9,6 +9,8 @@ reads a trained model for testing or pseudo-labelling.
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,9 +21,15 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from pipnet_lit.checkpoints import read_checkpoint
+from pipnet_lit import faults
+from pipnet_lit.checkpoints import find_resume_point, read_checkpoint
 from pipnet_lit.config import instantiate_group
 from pipnet_lit.run_results import report, tested_results
+
+log = logging.getLogger(__name__)
+
+#: What an unusable checkpoint is renamed to when a run resumes past it (no longer a ``*.ckpt``).
+DAMAGED_SUFFIX = ".damaged"
 
 
 @dataclass
@@ -79,6 +87,10 @@ def build_job(cfg: DictConfig, model: Any = None) -> Job:
 
     model = instantiate(cfg.model) if model is None else model
     callbacks = instantiate_group(cfg.get("callbacks"))
+    if os.environ.get(faults.ENV):  # the kill-at-every-phase tests: SIGKILL at an exact training / test step
+        from pipnet_lit.callbacks import FaultPoints
+
+        callbacks.append(FaultPoints())
     loggers = instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     if trainer.fast_dev_run:  # Lightning suppresses checkpoints there, except save_last's write at train end
@@ -95,7 +107,10 @@ def fit_and_test(job: Job, datamodule: L.LightningDataModule) -> dict[str, Any]:
     ``datamodule``; rank 0 prints the results and writes ``test_metrics.json``. Returns the logged metrics."""
     cfg, model, trainer = job.cfg, job.model, job.trainer
     if cfg.get("train", True):
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        # weights_only: a checkpoint is plain data (the reader checks that); nothing in it may run code
+        trainer.fit(
+            model, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg, trainer), weights_only=True
+        )
     metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
     if cfg.get("test", True):
@@ -112,6 +127,35 @@ def fit_and_test(job: Job, datamodule: L.LightningDataModule) -> dict[str, Any]:
         if results and trainer.is_global_zero:
             report(results, cfg.paths.output_dir)
     return metrics
+
+
+def resume_checkpoint(cfg: DictConfig, trainer: L.Trainer) -> str | None:
+    """The checkpoint ``trainer.fit`` resumes from: ``ckpt_path=last`` is the newest checkpoint of the run
+    folder that can be read (`pipnet_lit.checkpoints.find_resume_point`; a damaged one is skipped with a
+    warning naming it and why), None when the folder holds none (a fresh start); any other value is passed
+    on as it is (a path, or Lightning's ``best`` / ``hpc``)."""
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path != "last":
+        return ckpt_path
+    callback = trainer.checkpoint_callback
+    folder = Path(callback.dirpath) if callback is not None and callback.dirpath else None
+    if folder is None:
+        folder = Path(cfg.paths.output_dir) / "checkpoints"
+    point = find_resume_point(folder)
+    if trainer.is_global_zero:
+        for line in point.report():
+            log.warning(line)
+        # out of the way (kept for inspection): the run writes a fresh last.ckpt, not last-v1.ckpt beside it
+        for path, _ in point.skipped:
+            aside = path.with_name(path.name + DAMAGED_SUFFIX)
+            path.replace(aside)
+            log.warning(f"moved the unusable {path.name} aside to {aside.name}")
+        if point.temporaries:
+            names = ", ".join(p.name for p in point.temporaries)
+            log.warning(f"removing what killed checkpoint saves left in {folder}: {names}")
+        for tmp in point.temporaries:
+            tmp.unlink(missing_ok=True)
+    return str(point.path) if point.path is not None else None
 
 
 def run_job(cfg: DictConfig, datamodule: L.LightningDataModule) -> tuple[dict[str, Any], dict[str, Any]]:

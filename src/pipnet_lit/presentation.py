@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipnet_lit.files import atomic_write
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from rich.table import Table
@@ -113,10 +115,13 @@ def save_figure(
     fig: Figure, path: str | os.PathLike[str], dpi: float | None = None, bbox_inches: str | None = None
 ) -> Path:
     """Write ``fig`` (PNG by the suffix) at ``dpi`` (default: the figure's), creating the folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=fig.dpi if dpi is None else dpi, bbox_inches=bbox_inches)
-    return path
+    fmt = Path(path).suffix.lstrip(".") or "png"
+    return atomic_write(
+        path,
+        lambda tmp: fig.savefig(
+            tmp, format=fmt, dpi=fig.dpi if dpi is None else dpi, bbox_inches=bbox_inches
+        ),
+    )
 
 
 @dataclass(frozen=True)

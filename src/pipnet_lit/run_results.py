@@ -7,7 +7,7 @@ compare runs."""
 from __future__ import annotations
 
 import csv
-import json
+import io
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from rich.console import Console
 
+from pipnet_lit.files import atomic_write, write_json_atomic
 from pipnet_lit.presentation import metrics_table
 
 if TYPE_CHECKING:
@@ -31,10 +32,7 @@ def print_metrics(results: dict[str, dict[str, float]], title: str = "Test resul
 
 def write_metrics(results: dict[str, dict[str, float]], path: str | Path) -> Path:
     """Write results as JSON (fractions, not percent)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    return path
+    return write_json_atomic(path, results)
 
 
 def results_from_metrics(metrics: Mapping[str, Any], stage: str = "test") -> dict[str, dict[str, float]]:
@@ -76,15 +74,13 @@ def write_per_image_results(results: dict[str, EvalResults], keys: list[str], pa
     order, images in index order within each subset. Values are written with ``repr`` (they read back
     bit-exact).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["subset", "name", *keys])
-        for subset, res in results.items():
-            for row, name in enumerate(res.names):
-                writer.writerow([subset, name, *(repr(float(res.nmes[key][row])) for key in keys)])
-    return path
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")  # csv's default line end, as before
+    writer.writerow(["subset", "name", *keys])
+    for subset, res in results.items():
+        for row, name in enumerate(res.names):
+            writer.writerow([subset, name, *(repr(float(res.nmes[key][row])) for key in keys)])
+    return atomic_write(path, lambda tmp: tmp.write_bytes(buffer.getvalue().encode("utf-8")))
 
 
 def read_per_image_results(path: str | Path) -> dict[str, PerImage]:

@@ -34,6 +34,8 @@ from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Overrid
 from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf
 
+from pipnet_lit.files import atomic_write_text
+
 log = logging.getLogger(__name__)
 
 SAMPLERS = ("tpe", "random", "cmaes")
@@ -368,7 +370,7 @@ class OptunaSweeper(Sweeper):
         check_validation_objective(metric, val_fraction, bool(allow))
         sweep_dir = Path(str(cfg.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, sweep_dir / "multirun.yaml")
+        atomic_write_text(sweep_dir / "multirun.yaml", OmegaConf.to_yaml(cfg))
         study = self._open_study(sweep_dir)
 
         def finished() -> int:
@@ -441,4 +443,6 @@ class OptunaSweeper(Sweeper):
                 "overrides": best.user_attrs.get("overrides"),
             }
             log.info(f"pipnet_optuna: best trial {best.number}: value {best.value} with {best.params}")
-        OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
+        atomic_write_text(
+            sweep_dir / "optimization_results.yaml", OmegaConf.to_yaml(OmegaConf.create(results))
+        )

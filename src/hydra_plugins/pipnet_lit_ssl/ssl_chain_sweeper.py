@@ -25,6 +25,8 @@ from hydra.core.utils import JobStatus
 from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf
 
+from pipnet_lit.files import atomic_write_text
+
 log = logging.getLogger(__name__)
 
 
@@ -122,7 +124,7 @@ class SSLChainSweeper(Sweeper):
         base = str(OmegaConf.select(cfg, "run_name"))
         sweep_dir = Path(str(cfg.hydra.sweep.dir))
         (sweep_dir / base).mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, sweep_dir / base / "multirun.yaml")
+        atomic_write_text(sweep_dir / base / "multirun.yaml", OmegaConf.to_yaml(cfg))
         chains = self._chains(arguments, sweep_dir)
         stages = max(len(schedule) for _, _, schedule in chains) + 1
         log.info(

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 from collections.abc import Iterator, Sequence
@@ -37,7 +38,14 @@ import numpy as np
 
 from pipnet_lit.datasets.geometry import crop_and_resize
 from pipnet_lit.datasets.records import BadInput, DataFormatError, FaceRecord
-from pipnet_lit.files import atomic_write_text, read_json_object, write_json_atomic
+from pipnet_lit.faults import kill_point
+from pipnet_lit.files import (
+    atomic_write_bytes,
+    atomic_write_text,
+    flush_all,
+    read_json_object,
+    write_json_atomic,
+)
 
 __all__ = [
     "CACHE_VERSION",
@@ -127,6 +135,19 @@ def _is_float(text: str) -> bool:
     return True
 
 
+def _text_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file; a file that is not UTF-8 is a DataFormatError naming file and line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise DataFormatError(
+            f"{path}:{line}: not UTF-8 text ({err.reason} at byte {err.start}); delete the folder to "
+            "rebuild it"
+        ) from None
+
+
 def read_annotations(
     path: str | os.PathLike[str], allow_unlabeled: bool = False
 ) -> list[tuple[str, np.ndarray | None]]:
@@ -140,7 +161,7 @@ def read_annotations(
         raise FileNotFoundError(f"annotation file not found: {path}")
     out: list[tuple[str, np.ndarray | None]] = []
     num = None
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for line_no, line in enumerate(_text_lines(path), start=1):
         tokens = line.split()
         if not tokens:
             continue
@@ -195,8 +216,11 @@ def _crop_one(
         return record.name, None, (), text if text.startswith(where) else f"{where}: {text}"
     if landmarks is not None and not np.isfinite(landmarks).all():
         return record.name, None, (), f"{record.source or record.image.describe()}: non-finite landmarks"
-    if not cv2.imwrite(str(images_dir / f"{record.name}.png"), crop, list(PNG_WRITE_PARAMS)):
-        raise OSError(f"could not write crop {images_dir / record.name}.png (disk full or read-only?)")
+    ok, png = cv2.imencode(".png", crop, list(PNG_WRITE_PARAMS))
+    if not ok:
+        raise OSError(f"could not encode crop {images_dir / record.name}.png")
+    # atomic against a kill; flushed once for the whole split before the manifest (OSError: disk full)
+    atomic_write_bytes(images_dir / f"{record.name}.png", png.tobytes(), durable=False)
     return record.name, landmarks, tuple(float(v) for v in box.xywh()), None
 
 
@@ -265,6 +289,8 @@ def prepare_split(
             jobs = track(jobs, total=len(records), description=f"cropping {description or cache_dir.name}")
         for result in jobs:
             results.append(result)
+            if len(results) == max(1, len(records) // 2):
+                kill_point("prepare")  # half the crops written, no annotations, no manifest
     lines, box_lines, attr_lines, skipped, skipped_names = [], [], [], [], []
     for record, (name, landmarks, box, error) in zip(records, results, strict=True):
         if error is not None:
@@ -282,6 +308,7 @@ def prepare_split(
         if stale.name not in keep:
             shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
     labeled = [r.points is not None for r in records]
+    flush_all()  # the crops are on disk before the files that say the split is complete
     atomic_write_text(cache_dir / ANNOTATIONS_NAME, "".join(f"{line}\n" for line in lines))
     atomic_write_text(cache_dir / BOXES_NAME, "".join(f"{line}\n" for line in box_lines))
     atomic_write_text(cache_dir / ATTRIBUTES_NAME, "".join(f"{line}\n" for line in attr_lines))
@@ -388,13 +415,19 @@ def read_split(cache_dir: str | os.PathLike[str]) -> CachedSplit:
 
 def _read_boxes(path: Path) -> dict[str, list[float]]:
     boxes = {}
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for line_no, line in enumerate(_text_lines(path), start=1):
         tokens = line.split()
         if not tokens:
             continue
         if len(tokens) != 5 or not all(_is_float(t) for t in tokens[1:]):
             raise DataFormatError(f"{path}:{line_no}: expected '<name> x0 y0 w h', found {line!r}")
-        boxes[tokens[0]] = [float(t) for t in tokens[1:]]
+        box = [float(t) for t in tokens[1:]]
+        if not all(math.isfinite(v) for v in box) or box[2] <= 0 or box[3] <= 0:
+            raise DataFormatError(
+                f"{path}:{line_no}: the box of {tokens[0]!r} must be finite with a positive size, found "
+                f"{line!r}; delete the cache folder to rebuild it"
+            )
+        boxes[tokens[0]] = box
     return boxes
 
 
@@ -402,7 +435,7 @@ def _read_attributes(path: Path, names: list[str]) -> list[dict[str, Any]]:
     if not path.is_file():
         return [{} for _ in names]
     by_name = {}
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for line_no, line in enumerate(_text_lines(path), start=1):
         if not line.strip():
             continue
         try:
@@ -411,5 +444,14 @@ def _read_attributes(path: Path, names: list[str]) -> list[dict[str, Any]]:
             raise DataFormatError(
                 f"{path}:{line_no}: not a JSON object ({err}); delete the cache folder"
             ) from None
+        if (
+            not isinstance(item, dict)
+            or not isinstance(item.get("name"), str)
+            or not isinstance(item.get("attributes", {}), dict)
+        ):
+            raise DataFormatError(
+                f'{path}:{line_no}: expected {{"name": <crop name>, "attributes": {{...}}}}, found '
+                f"{line[:80]!r}; delete the cache folder"
+            )
         by_name[item["name"]] = item.get("attributes", {})
     return [by_name.get(n, {}) for n in names]

@@ -293,6 +293,21 @@ class LandmarkDataModule(L.LightningDataModule):
         )
         return MissingDownloadError("\n".join(lines))
 
+    # -- checkpointed state -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the data: the training augmentation's generator states, so a resumed
+        run draws what an uninterrupted one would (with ``num_workers > 0`` the workers re-derive theirs
+        from the torch seed, which `pipnet_lit.callbacks.ResumableRandomState` restores)."""
+        transform = getattr(self.train_set, "transform", None)
+        if transform is None or not hasattr(transform, "random_state"):
+            return {}
+        return {"train_transform": transform.random_state()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        transform = getattr(self.train_set, "transform", None)
+        if state_dict.get("train_transform") is not None and hasattr(transform, "load_random_state"):
+            transform.load_random_state(state_dict["train_transform"])
+
     # -- Lightning hooks ---------------------------------------------------------------------------
     def prepare_data(self) -> None:
         """Prepare the sources of the folders this run reads (``sources``), then read and crop every split

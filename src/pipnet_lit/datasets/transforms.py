@@ -277,6 +277,24 @@ class LandmarkTransform:
         self._seed_generators(random.getrandbits(128) if seed is None else self.seed)
         self._rng_key = _worker_key()
 
+    def random_state(self) -> dict[str, Any]:
+        """The pipeline's generator states as plain Python values (saved in checkpoints, so a resumed run
+        draws the augmentation an uninterrupted run would have drawn)."""
+        version, internal, gauss = self.compose.py_random.getstate()
+        return {
+            "numpy": self.compose.random_generator.bit_generator.state,
+            "python": [version, list(internal), gauss],
+        }
+
+    def load_random_state(self, state: dict[str, Any]) -> None:
+        """Restore `random_state` (every transform of the pipeline shares the two generators)."""
+        rng = np.random.default_rng()
+        rng.bit_generator.state = state["numpy"]
+        version, internal, gauss = state["python"]
+        py = random.Random()
+        py.setstate((version, tuple(internal), gauss))
+        self.compose.set_random_state(rng, py)
+
     def _seed_generators(self, entropy: int | list[int] | None) -> None:
         seq = np.random.SeedSequence(entropy)
         np_seq, py_seq = seq.spawn(2)

@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from pipnet_lit.datasets.pseudo_labels import read_pseudo_label_manifest, write_pseudo_labels
+from pipnet_lit.faults import kill_point
 from pipnet_lit.files import atomic_write_text, file_sha256, read_json_object, write_json_atomic
 from pipnet_lit.jobs import Job, build_job, closing_loggers, fit_and_test, load_trained_model
 from pipnet_lit.presentation import format_metric
@@ -248,11 +251,32 @@ def _pseudo_labels(
         return folder, read, read_json_object(folder / DIAGNOSTICS_JSON)
     (folder / FAILED_NAME).unlink(missing_ok=True)
     try:
-        diagnostics = _make_pseudo_labels(cfg, job, pool_dm, checkpoint, folder, k, task, key)
+        # the pass (building the previous model, its loader) draws nothing from the global generators: a
+        # round trains on the same random stream whether it made its pseudo-labels or found them made
+        with preserved_random_state():
+            diagnostics = _make_pseudo_labels(cfg, job, pool_dm, checkpoint, folder, k, task, key)
     except BaseException as err:  # the other processes stop waiting and say why
         write_json_atomic(folder / FAILED_NAME, {"key": key, "error": f"{type(err).__name__}: {err}"})
         raise
     return folder, read, diagnostics
+
+
+@contextmanager
+def preserved_random_state() -> Iterator[None]:
+    """Restore the global torch, numpy and Python generators when the block ends (CUDA's too)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    python, numpy_state = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            random.setstate(python)
+            np.random.set_state(numpy_state)
 
 
 def _make_pseudo_labels(
@@ -353,10 +377,10 @@ def _write_diagnostics(folder: Path, diagnostics: dict[str, Any], k: int) -> Non
 
     folder.mkdir(parents=True, exist_ok=True)
     write_json_atomic(folder / DIAGNOSTICS_JSON, diagnostics)
-    (folder / DIAGNOSTICS_MD).write_text(
+    atomic_write_text(
+        folder / DIAGNOSTICS_MD,
         diagnostics_markdown(diagnostics, title=f"Round {k} pseudo-labels against the pool's true landmarks")
         + "\n",
-        encoding="utf-8",
     )
     plot_confidence_vs_error(diagnostics, folder / DIAGNOSTICS_PNG)
 
@@ -447,6 +471,7 @@ def write_rounds_report(chain: Path, num_rounds: int) -> tuple[Path, Path]:
             if row["pseudo_labels"] and md.is_file():
                 text += "\n" + md.read_text(encoding="utf-8")
     md_path = chain / ROUNDS_MD
+    kill_point("rounds_files")  # rounds.json is written; a kill here must not cost the chain anything
     atomic_write_text(md_path, text)
     print(text)
     return chain / ROUNDS_JSON, md_path

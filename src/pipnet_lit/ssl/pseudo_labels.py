@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from pipnet_lit.faults import kill_point
 from pipnet_lit.files import file_sha256  # re-exported: older code imports it from here
 
 __all__ = ["file_sha256", "merged_with_scores", "predict_pool", "select_confident"]
@@ -30,13 +31,22 @@ def predict_pool(
     Returns the dataset's names, landmarks (N, L, 2) float32, each face's mean winning score (N,) float32
     (its confidence) and the per-landmark winning scores (N, L) float32, in the dataset's order.
     """
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    # a private generator: the pass draws nothing from the global torch generator, so a round trains on the
+    # same random stream whether it made its pseudo-labels or found them made (a resumed round)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        generator=torch.Generator().manual_seed(0),
+    )
     landmarks, scores, order = [], [], []
     for batch in loader:
         lms, max_score = predict_fn(batch["image"].to(device))
         landmarks.append(lms.float().cpu())
         scores.append(max_score.float().cpu())
         order.append(batch["index"])
+        kill_point("pseudo_labels")
     index = torch.cat(order).numpy()
     names = [dataset.names[i] for i in index]
     per_landmark = torch.cat(scores)
