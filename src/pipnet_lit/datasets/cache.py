@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 
 from pipnet_lit.datasets.geometry import crop_and_resize
-from pipnet_lit.datasets.records import BadInput, DataFormatError, FaceRecord
+from pipnet_lit.datasets.records import BadInput, DataFormatError, FaceRecord, read_text_lines
 from pipnet_lit.faults import kill_point
 from pipnet_lit.files import (
     atomic_write_bytes,
@@ -136,16 +136,9 @@ def _is_float(text: str) -> bool:
 
 
 def _text_lines(path: Path) -> list[str]:
-    """The lines of a UTF-8 text file; a file that is not UTF-8 is a DataFormatError naming file and line."""
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8").splitlines()
-    except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        raise DataFormatError(
-            f"{path}:{line}: not UTF-8 text ({err.reason} at byte {err.start}); delete the folder to "
-            "rebuild it"
-        ) from None
+    """The lines of a UTF-8 text file, without their line ends (`records.read_text_lines`: a file that is
+    not UTF-8 is a DataFormatError naming file and line)."""
+    return [line.rstrip("\n") for line in read_text_lines(path)]
 
 
 def read_annotations(

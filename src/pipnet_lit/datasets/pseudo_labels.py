@@ -13,6 +13,7 @@ manifest) that is remade, never one that reads as complete with half its lines.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from pipnet_lit.datasets.cache import (
     read_manifest,
     write_manifest,
 )
-from pipnet_lit.datasets.records import DataFormatError
+from pipnet_lit.datasets.records import DataFormatError, read_text_lines
 
 ANNOTATIONS_NAME = "annotations.txt"
 SCORES_NAME = "scores.txt"
@@ -88,7 +89,7 @@ def _read_scores(path: Path) -> dict[str, float]:
             f"{path}: missing (a pseudo-label folder holds {SCORES_NAME} beside its labels)"
         )
     scores: dict[str, float] = {}
-    for line_no, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+    for line_no, line in enumerate(read_text_lines(path), start=1):
         tokens = line.split()
         if not tokens:
             continue
@@ -96,10 +97,12 @@ def _read_scores(path: Path) -> dict[str, float]:
             if len(tokens) != 2:
                 raise ValueError
             value = float(tokens[1])
+            if not math.isfinite(value):
+                raise ValueError
         except ValueError:
             raise DataFormatError(
-                f"{path}:{line_no}: expected '<crop name> <score>', found {line[:80]!r}; delete the "
-                "pseudo-label folder to make it again"
+                f"{path}:{line_no}: expected '<crop name> <score>' with a finite score, found "
+                f"{line.rstrip()[:80]!r}; delete the pseudo-label folder to make it again"
             ) from None
         scores[tokens[0]] = value
     return scores
@@ -115,10 +118,20 @@ def read_pseudo_labels(folder: str | Path) -> PseudoLabels:
     manifest = read_pseudo_label_manifest(folder)
     if manifest is None:
         raise FileNotFoundError(f"{folder} holds no finished pseudo-labels (no readable {MANIFEST_NAME})")
-    try:
-        entries = read_annotations(folder / ANNOTATIONS_NAME)
-    except UnicodeDecodeError as err:
-        raise DataFormatError(f"{folder / ANNOTATIONS_NAME}: not UTF-8 text ({err})") from None
+    annotations = folder / ANNOTATIONS_NAME
+    if annotations.is_file():  # not UTF-8, or a crop on two lines: DataFormatError naming the line
+        first_line: dict[str, int] = {}
+        for line_no, line in enumerate(read_text_lines(annotations), start=1):
+            tokens = line.split()
+            name = tokens[0] if tokens else None
+            if name in first_line:
+                raise DataFormatError(
+                    f"{annotations}:{line_no}: a second line for crop {name!r} (first on line "
+                    f"{first_line[name]}); delete the pseudo-label folder to make it again"
+                )
+            if name is not None:
+                first_line[name] = line_no
+    entries = read_annotations(annotations)
     scores = _read_scores(folder / SCORES_NAME)
     names = [n for n, _ in entries]
     missing = [n for n in names if n not in scores]
@@ -127,10 +140,11 @@ def read_pseudo_labels(folder: str | Path) -> PseudoLabels:
             f"{folder / SCORES_NAME}: no score for {len(missing)} face(s) of {ANNOTATIONS_NAME} (e.g. "
             f"{missing[0]!r}); delete the pseudo-label folder to make it again"
         )
-    if manifest.get("count") is not None and int(manifest["count"]) != len(names):
+    count = manifest.get("count")
+    if count is not None and (type(count) is not int or count != len(names)):
         raise DataFormatError(
-            f"{folder / ANNOTATIONS_NAME}: {len(names)} faces, its manifest says {manifest['count']}; the "
-            "folder is damaged: delete it to make it again"
+            f"{annotations}: {len(names)} faces, its manifest ({folder / MANIFEST_NAME}) says count "
+            f"{count!r}; the folder is damaged: delete it to make it again"
         )
     landmarks = np.stack([lms for _, lms in entries]) if entries else np.zeros((0, 0, 2))
     return PseudoLabels(names, landmarks, np.array([scores[n] for n in names], dtype=np.float64), manifest)

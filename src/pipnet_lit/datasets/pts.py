@@ -23,10 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
+from pipnet_lit.datasets.records import DataFormatError, read_text_lines
+
 __all__ = ["PtsFormatError", "read_pts", "write_pts"]
 
 
-class PtsFormatError(ValueError):
+class PtsFormatError(DataFormatError):
     """A ``.pts`` file that does not follow the iBUG format; the message names the file and line."""
 
 
@@ -47,18 +49,15 @@ def _header_value(path: Path, lines: list[str], idx: int, key: str, example: str
 def read_pts(path: str | os.PathLike[str]) -> np.ndarray:
     """Read an iBUG ``.pts`` file.
 
-    Tolerates CRLF line ends, extra spaces or tabs around tokens, and blank lines after the closing
-    brace; anything else unexpected raises :class:`PtsFormatError` naming the file and the 1-based line.
+    Tolerates CRLF line ends, a UTF-8 byte-order mark, extra spaces or tabs around tokens, and blank lines
+    after the closing brace; anything else unexpected raises :class:`PtsFormatError` naming the file and
+    the 1-based line.
 
     Returns:
         (L, 2) float64 array of (x, y) in the file's 1-based pixel coordinates, unchanged.
     """
     path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise PtsFormatError(f"{path}: not a text .pts file ({err})") from None
-    lines = text.splitlines()
+    lines = [line.rstrip("\n") for line in read_text_lines(path, PtsFormatError)]
     while lines and not lines[-1].strip():
         lines.pop()
     if not lines:
@@ -76,7 +75,7 @@ def read_pts(path: str | os.PathLike[str]) -> np.ndarray:
         found = repr(lines[2].strip()) if len(lines) >= 3 else "end of file"
         raise _fail(path, 3, f"expected an opening brace '{{', found {found}")
 
-    coords = np.empty((n_points, 2), dtype=np.float64)
+    coords = np.empty((min(n_points, len(lines)), 2), dtype=np.float64)  # n_points may be absurdly large
     for k in range(n_points):
         idx = 3 + k
         if idx >= len(lines):

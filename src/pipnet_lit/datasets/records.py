@@ -8,6 +8,8 @@ the normalized landmarks once the image size is known. The crop cache (``cache.p
 
 from __future__ import annotations
 
+import codecs
+import io
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -28,6 +30,9 @@ __all__ = [
     "FileImage",
     "ImageSource",
     "MissingDownloadError",
+    "is_file",
+    "read_text",
+    "read_text_lines",
 ]
 
 
@@ -63,9 +68,14 @@ class FileImage:
     key: str = ""  # identity relative to the dataset folder (so a moved download stays a cache hit)
 
     def load(self) -> np.ndarray:
-        if not self.path.is_file():
+        if not is_file(self.path):
             raise DataFormatError(f"image not found: {self.path}")
-        image = cv2.imread(str(self.path), cv2.IMREAD_COLOR)
+        try:
+            image = cv2.imread(str(self.path), cv2.IMREAD_COLOR)
+        except cv2.error as err:  # e.g. a header claiming more pixels than OpenCV's limit
+            raise DataFormatError(
+                f"{self.path}: could not decode the image ({getattr(err, 'err', err)})"
+            ) from None
         if image is None:
             raise DataFormatError(f"{self.path}: could not decode the image (corrupt or not an image file?)")
         return image
@@ -105,6 +115,10 @@ class ArrayImage:
 def to_bgr_uint8(array: np.ndarray, source: str, rgb: bool = True) -> np.ndarray:
     """(H, W) gray, (H, W, 1) or (H, W, 3) RGB/BGR array -> (H, W, 3) uint8 BGR; clear error otherwise."""
     arr = np.asarray(array)
+    if arr.dtype.kind not in "biuf":  # text, objects, complex numbers: not pixels
+        raise DataFormatError(f"{source}: expected an image of numbers, got an array of {arr.dtype}")
+    if arr.size == 0:
+        raise DataFormatError(f"{source}: expected a gray or 3-channel image, got an empty array {arr.shape}")
     if arr.dtype != np.uint8:
         if np.issubdtype(arr.dtype, np.floating) and arr.size and float(np.nanmax(arr)) <= 1.0:
             arr = np.clip(np.round(arr * 255.0), 0, 255)
@@ -190,6 +204,43 @@ class BadInput:
                 f"{what}: skipped {len(self.skipped)} bad sample(s): {self.skipped[0]}{more}",
                 stacklevel=2,
             )
+
+
+def read_text(path: Path, error: type[DataFormatError] = DataFormatError) -> str:
+    """The text of a UTF-8 file, a leading byte-order mark dropped, line ends as in the file.
+
+    Raises:
+        error: the file is not UTF-8 (a UTF-16 or Latin-1 file); the message names the file and the line of
+            the first byte that is not UTF-8.
+    """
+    data = Path(path).read_bytes()
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8) :]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        head = data[: err.start]
+        line = 1 + head.count(b"\n") + head.count(b"\r") - head.count(b"\r\n")
+        raise error(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x}: {err.reason}); save the file as "
+            "UTF-8 (is it UTF-16 or Latin-1?)"
+        ) from None
+    return text
+
+
+def read_text_lines(path: Path, error: type[DataFormatError] = DataFormatError) -> list[str]:
+    """The lines of a UTF-8 text file as ``open()`` iterates them (``\\n``, ``\\r\\n`` and ``\\r`` ends; each
+    line ends in ``\\n`` but maybe the last), so line numbers are an editor's; errors as :func:`read_text`."""
+    return list(io.StringIO(read_text(path, error), newline=None))
+
+
+def is_file(path: Path) -> bool:
+    """``path.is_file()``, but False also where the system refuses the name (too long, ...): a path read from
+    an annotation file then names a missing image rather than raising OSError."""
+    try:
+        return Path(path).is_file()
+    except OSError:
+        return False
 
 
 def relative_key(path: Path, root: Path) -> str:

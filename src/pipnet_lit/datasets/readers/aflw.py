@@ -34,6 +34,7 @@ from pipnet_lit.datasets.records import (
     FaceRecord,
     FileImage,
     MissingDownloadError,
+    is_file,
     relative_key,
 )
 
@@ -137,8 +138,9 @@ def read_aflw(
         raise DataFormatError(f"{mat_path}: 'nameList' has {len(names)} entries, 'bbox' {num_faces} rows")
     ra = _permutation(arrays["ra"], num_faces, mat_path)
     if not 0 <= int(split_point) <= len(ra):
-        raise ValueError(
-            f"aflw: split_point={split_point} is outside 0..{len(ra)} (the length of 'ra' in {mat_path})"
+        raise DataFormatError(
+            f"{mat_path}: split_point={split_point} is outside 0..{len(ra)} (the length of its 'ra'); is "
+            "this the AFLW-19 release file, and the split point the protocol's?"
         )
 
     boxes = boxes.astype(np.float64)
@@ -167,7 +169,7 @@ def read_aflw(
             continue
         image_path = image_dir / image_name
         if image_name not in image_exists:
-            image_exists[image_name] = image_path.is_file()
+            image_exists[image_name] = is_file(image_path)
         if not image_exists[image_name]:
             bad(f"{where}: image {image_path} not found (is the AFLW flickr/ folder complete?)")
             continue

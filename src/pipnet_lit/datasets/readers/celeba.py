@@ -21,7 +21,15 @@ from pathlib import Path
 import numpy as np
 
 from pipnet_lit.datasets.geometry import CropBox, clamp_box, expand_box, margin
-from pipnet_lit.datasets.records import BadInput, FaceRecord, FileImage, MissingDownloadError, relative_key
+from pipnet_lit.datasets.records import (
+    BadInput,
+    FaceRecord,
+    FileImage,
+    MissingDownloadError,
+    is_file,
+    read_text_lines,
+    relative_key,
+)
 
 LINE_FORMAT = "'<image name> x_min y_min x_max y_max' (integers)"
 
@@ -92,38 +100,37 @@ def read_celeba(
     rule = BoxCelebA(float(scale), float(top_trim))
     records: list[FaceRecord] = []
     first_line: dict[str, int] = {}
-    with open(box_path) as handle:
-        for line_no, line in enumerate(handle, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            where = f"{box_path}:{line_no}"
-            try:
-                image_name, box = parse_box_line(fields)
-            except ValueError as err:
-                bad(f"{where}: {err}; fix or delete the line")
-                continue
-            name = Path(image_name).stem
-            if name in first_line:
-                bad(
-                    f"{where}: a second box for {image_name} (first on line {first_line[name]}); "
-                    "one face per image"
-                )
-                continue
-            if image_name not in present and not (image_dir / image_name).is_file():
-                bad(f"{where}: image {image_dir / image_name} not found (is {images}/ complete?)")
-                continue
-            first_line[name] = line_no
-            image_path = image_dir / image_name
-            records.append(
-                FaceRecord(
-                    name=name,
-                    image=FileImage(image_path, relative_key(image_path, root)),
-                    rule=rule,
-                    points=None,
-                    box=box,
-                    attributes={"image": image_name},
-                    source=where,
-                )
+    for line_no, line in enumerate(read_text_lines(box_path), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        where = f"{box_path}:{line_no}"
+        try:
+            image_name, box = parse_box_line(fields)
+        except ValueError as err:
+            bad(f"{where}: {err}; fix or delete the line")
+            continue
+        name = Path(image_name).stem
+        if name in first_line:
+            bad(
+                f"{where}: a second box for {image_name} (first on line {first_line[name]}); "
+                "one face per image"
             )
+            continue
+        if image_name not in present and not is_file(image_dir / image_name):
+            bad(f"{where}: image {image_dir / image_name} not found (is {images}/ complete?)")
+            continue
+        first_line[name] = line_no
+        image_path = image_dir / image_name
+        records.append(
+            FaceRecord(
+                name=name,
+                image=FileImage(image_path, relative_key(image_path, root)),
+                rule=rule,
+                points=None,
+                box=box,
+                attributes={"image": image_name},
+                source=where,
+            )
+        )
     return records

@@ -31,6 +31,8 @@ from pipnet_lit.datasets.records import (
     FaceRecord,
     FileImage,
     MissingDownloadError,
+    is_file,
+    read_text_lines,
     relative_key,
 )
 
@@ -153,21 +155,20 @@ def read_folder(
     if not box_path.is_file():
         raise MissingDownloadError(f"face-box file not found: {box_path}")
     entries: list[tuple[str, tuple[float, float, float, float], str]] = []
-    with open(box_path) as handle:
-        for line_no, line in enumerate(handle, start=1):
-            fields = line.split()
-            if not fields or fields[0].startswith("#"):
-                continue
-            where = f"{box_path}:{line_no}"
-            try:
-                rel, box = parse_box_line(fields)
-            except ValueError as err:
-                bad(f"{where}: {err}; fix or delete the line")
-                continue
-            if not (image_dir / rel).is_file():
-                bad(f"{where}: image {image_dir / rel} not found (paths are relative to {image_dir})")
-                continue
-            entries.append((rel, box, where))
+    for line_no, line in enumerate(read_text_lines(box_path), start=1):
+        fields = line.split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        where = f"{box_path}:{line_no}"
+        try:
+            rel, box = parse_box_line(fields)
+        except ValueError as err:
+            bad(f"{where}: {err}; fix or delete the line")
+            continue
+        if not is_file(image_dir / rel):
+            bad(f"{where}: image {image_dir / rel} not found (paths are relative to {image_dir})")
+            continue
+        entries.append((rel, box, where))
     per_image = Counter(rel for rel, _, _ in entries)
     seen: Counter[str] = Counter()
     rule = ScaledBox(float(scale))

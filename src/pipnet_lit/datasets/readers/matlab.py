@@ -20,7 +20,11 @@ h5py and scipy are optional dependencies, imported only by the loaders that need
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import struct
+import zlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,6 +133,8 @@ def _convert_h5(node, file) -> Any:
     if node.attrs.get("MATLAB_empty", 0):
         # Empty arrays hold their MATLAB dimensions as data.
         dims = tuple(int(d) for d in np.asarray(node[()]).ravel())
+        if 0 not in dims:
+            raise ValueError(f"{node.name} is marked empty but has dimensions {dims}")
         return [] if matlab_class == "cell" else np.zeros(dims, dtype=np.float64)
     data = node[()]
     if h5py.check_dtype(ref=node.dtype) is not None:  # cell array: object references, C order == MATLAB order
@@ -142,12 +148,25 @@ def _convert_h5(node, file) -> Any:
     return array
 
 
-def _open_v73(path: Path, dataset: str):
+@contextmanager
+def _open_v73(path: Path, dataset: str) -> Iterator[Any]:
+    """The open h5py file; what h5py raises on a damaged file while it is open becomes a DataFormatError."""
     path = Path(path)
     if not path.is_file():
         raise MissingDownloadError(f"MATLAB file not found: {path}")
     _check_version(path, ("v7.3", "hdf5"), dataset, "MATLAB v7.3 (HDF5)")
-    return _import_h5py().File(path, "r")
+    h5py = _import_h5py()
+    try:
+        with h5py.File(path, "r") as file:
+            yield file
+    except DataFormatError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError, RecursionError) as err:
+        # truncated file, bad signature, dangling object reference, corrupt header or attribute, ...
+        raise DataFormatError(
+            f"{path}: could not read this MATLAB v7.3 (HDF5) file ({type(err).__name__}: {err}); it is "
+            "damaged or incomplete, download it again"
+        ) from err
 
 
 def _variable(file, path: Path, key: str):
@@ -175,7 +194,7 @@ def mat_v73_cell_shapes(path: Path, key: str, *, dataset: str = "This dataset") 
     h5py = _import_h5py()
     with _open_v73(path, dataset) as file:
         node = _variable(file, path, key)
-        if h5py.check_dtype(ref=node.dtype) is None:
+        if not isinstance(node, h5py.Dataset) or h5py.check_dtype(ref=node.dtype) is None:
             kind = _matlab_class(node) or "unknown"
             raise DataFormatError(f"{path}: variable {key!r} is not a cell array (MATLAB class {kind})")
         shapes = []
@@ -192,7 +211,7 @@ def load_mat_v73_cell_item(path: Path, key: str, index: int, *, dataset: str = "
     h5py = _import_h5py()
     with _open_v73(path, dataset) as file:
         node = _variable(file, path, key)
-        if h5py.check_dtype(ref=node.dtype) is None:
+        if not isinstance(node, h5py.Dataset) or h5py.check_dtype(ref=node.dtype) is None:
             raise DataFormatError(f"{path}: variable {key!r} is not a cell array")
         refs = np.asarray(node[()]).ravel()
         if not 0 <= index < len(refs):
@@ -250,6 +269,130 @@ def _convert_v5(value: Any) -> Any:
     return value
 
 
+# v5 data element type codes (the first word of a tag): miINT8 .. miUINT64 and miUTF8/16/32 hold data;
+# miMATRIX holds one array as nested elements; miCOMPRESSED wraps one top-level variable in zlib.
+_V5_DATA_TYPES = frozenset({1, 2, 3, 4, 5, 6, 7, 9, 12, 13, 16, 17, 18})
+_MI_INT8, _MI_INT32, _MI_UINT32, _MI_MATRIX, _MI_COMPRESSED, _MI_UTF8 = 1, 5, 6, 14, 15, 16
+# array classes (low byte of the array flags) whose layout _check_v5_array knows
+_MX_CELL, _MX_STRUCT, _MX_CHAR, _MX_SPARSE = 1, 2, 4, 5
+_MX_NUMERIC = frozenset(range(6, 16))  # double, single, int8 .. uint64
+
+
+class _V5Walk:
+    """Checks the data elements of a MATLAB v5 file the way ``scipy.io.loadmat`` will read them.
+
+    scipy (1.17) trusts a v5 file's structure: it looks an element's type code up in a table without a bounds
+    check, and reads as many elements as an array's flags and dimensions promise, past the array's end if
+    need be; one damaged byte then crashes the process (a segmentation fault) instead of raising. The walk
+    refuses such a file first: DataFormatError naming the file and the byte offset (counted in the
+    decompressed variable for compressed ones).
+    """
+
+    def __init__(self, path: Path, data: bytes) -> None:
+        self.path = path
+        self.order = ">" if data[126:128] == b"MI" else "<"
+
+    def fail(self, where: str, at: int, problem: str, damaged: bool = True) -> DataFormatError:
+        advice = "; the file is damaged or incomplete, download it again" if damaged else ""
+        return DataFormatError(f"{self.path}: {where}byte {at}: {problem}{advice}")
+
+    def elements(
+        self, buffer: bytes, start: int, end: int, top: bool, where: str
+    ) -> list[tuple[int, int, int]]:
+        """(type code, byte count, offset of the data) of each element in ``buffer[start:end]``; the data of a
+        small element starts 4 bytes after its tag, of the others 8."""
+        found = []
+        pos = start
+        while pos < end:
+            if end - pos < 8:
+                raise self.fail(where, pos, "the data ends inside an element tag")
+            word, count = struct.unpack_from(self.order + "II", buffer, pos)
+            if word >> 16 and not top:  # small data element: type and byte count share the first word
+                mdtype, count, size = word & 0xFFFF, word >> 16, 8
+                data_at, limit = pos + 4, 4
+            else:
+                mdtype, size = word, 8 + count + (0 if top else -count % 8)
+                data_at, limit = pos + 8, end - pos - 8
+            if count > limit:
+                raise self.fail(where, pos, f"an element of {count} bytes runs past the end of its array")
+            found.append((mdtype, count, data_at))
+            pos += size
+        return found
+
+    def array(self, buffer: bytes, at: int, count: int, where: str, wanted: Sequence[str] | None) -> str:
+        """Check the miMATRIX payload ``buffer[at:at + count]``; returns the array's name. The elements of a
+        top-level variable not in ``wanted`` are not checked (scipy reads only its header)."""
+        parts = self.elements(buffer, at, at + count, False, where)
+        if len(parts) < 3 or parts[0][:2] != (_MI_UINT32, 8):
+            raise self.fail(where, at, "an array without its flags, dimensions and name")
+        flags = struct.unpack_from(self.order + "I", buffer, parts[0][2])[0]
+        mclass, is_complex = flags & 0xFF, flags >> 11 & 1
+        (dims_type, dims_bytes, dims_at), (name_type, name_bytes, name_at) = parts[1], parts[2]
+        if dims_type not in (_MI_INT32, _MI_UINT32) or dims_bytes % 4 or not 8 <= dims_bytes <= 128:
+            raise self.fail(where, at, "an array whose dimensions are not 2 to 32 integers")
+        dims = struct.unpack_from(f"{self.order}{dims_bytes // 4}i", buffer, dims_at)
+        if name_type not in (_MI_INT8, _MI_UTF8) or min(dims) < 0:
+            raise self.fail(where, at, f"an array with dimensions {dims} or a name of type {name_type}")
+        name = buffer[name_at : name_at + name_bytes].decode("ascii", "replace")
+        if wanted is not None and name not in wanted:
+            return name
+        data, size = parts[3:], math.prod(dims)
+        if mclass in _MX_NUMERIC or mclass == _MX_CHAR:
+            values, arrays = 1 + is_complex, 0  # the real part (and the imaginary part)
+        elif mclass == _MX_SPARSE:
+            values, arrays = 3 + is_complex, 0  # row indices, column starts, real (and imaginary) values
+        elif mclass == _MX_CELL:
+            values, arrays = 0, size
+        elif (
+            mclass == _MX_STRUCT
+            and len(data) >= 2
+            and data[0][:2] == (_MI_INT32, 4)
+            and data[1][0] == _MI_INT8
+        ):
+            field_length = struct.unpack_from(self.order + "i", buffer, data[0][2])[0]
+            fields = data[1][1] // field_length if field_length > 0 else -1
+            values, arrays = (
+                2,
+                fields * size,
+            )  # field name length, field names; then the fields of each element
+        else:
+            kind = "a class" if mclass in (3, 16, 17) else "an unknown class"  # object, function, opaque
+            raise self.fail(
+                where, at, f"array {name!r} is of {kind} ({mclass}) this reader does not read", False
+            )
+        if len(data) != values + arrays:
+            raise self.fail(
+                where, at, f"array {name!r} ({dims}) has {len(data)} data elements, not {values + arrays}"
+            )
+        for k, (mdtype, size_bytes, data_at) in enumerate(data):
+            if k >= values and mdtype == _MI_MATRIX:
+                if size_bytes:  # an empty nested array has no header
+                    self.array(buffer, data_at, size_bytes, where, None)
+            elif k >= values or mdtype not in _V5_DATA_TYPES:
+                raise self.fail(where, data_at, f"array {name!r} holds an element of unknown type {mdtype}")
+        return name
+
+
+def _check_v5_elements(path: Path, wanted: Sequence[str]) -> None:
+    """Refuse a v5 file whose variables ``wanted`` scipy could not read safely (see :class:`_V5Walk`)."""
+    data = path.read_bytes()
+    walk = _V5Walk(path, data)
+    for mdtype, count, at in walk.elements(data, HEADER_BYTES, len(data), True, ""):
+        buffer, where = data, ""
+        if mdtype == _MI_COMPRESSED:
+            try:
+                buffer = zlib.decompressobj().decompress(data[at : at + count])
+            except zlib.error as err:
+                raise walk.fail(
+                    "", at - 8, f"a compressed variable that does not decompress ({err})"
+                ) from None
+            where = f"compressed variable at byte {at - 8}, "
+            mdtype, count, at = (walk.elements(buffer, 0, len(buffer), True, where) or [(0, 0, 0)])[0]
+        if mdtype != _MI_MATRIX or count == 0:
+            raise walk.fail(where, at - 8, f"a variable of element type {mdtype} (expected an array)")
+        walk.array(buffer, at, count, where, wanted)
+
+
 def load_mat_v5(path: Path, keys: Sequence[str], *, dataset: str = "This dataset") -> dict[str, Any]:
     """Variables ``keys`` of a MATLAB v5/v7 (or v4) file via ``scipy.io.loadmat``, MATLAB-shaped.
 
@@ -258,7 +401,8 @@ def load_mat_v5(path: Path, keys: Sequence[str], *, dataset: str = "This dataset
     path = Path(path)
     if not path.is_file():
         raise MissingDownloadError(f"MATLAB file not found: {path}")
-    _check_version(path, ("v5", "v4"), dataset, "MATLAB v5")
+    if _check_version(path, ("v5", "v4"), dataset, "MATLAB v5") == "v5":
+        _check_v5_elements(path, keys)
     try:
         import scipy.io
     except ImportError as err:  # pragma: no cover - depends on the environment
@@ -269,7 +413,10 @@ def load_mat_v5(path: Path, keys: Sequence[str], *, dataset: str = "This dataset
         raise DataFormatError(f"{path}: could not read this MATLAB v5 file ({err})") from err
     for key in keys:
         if key not in contents:
-            present = [name for name, _, _ in scipy.io.whosmat(path)]
+            try:
+                present = [name for name, _, _ in scipy.io.whosmat(path)]
+            except Exception:  # noqa: BLE001 - a later variable is damaged: name none
+                present = ["(the variable list is damaged)"]
             raise _missing_key(path, key, present)
     return {key: _convert_v5(contents[key]) for key in keys}
 

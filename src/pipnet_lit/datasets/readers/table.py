@@ -34,6 +34,7 @@ an image that has several unnamed faces.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import re
@@ -51,6 +52,9 @@ from pipnet_lit.datasets.records import (
     FaceRecord,
     FileImage,
     MissingDownloadError,
+    is_file,
+    read_text,
+    read_text_lines,
     relative_key,
 )
 
@@ -112,6 +116,8 @@ def default_name(image: str, root: Path) -> str:
             path = path.relative_to(PurePosixPath(Path(root).absolute().as_posix()))
         except ValueError:
             path = PurePosixPath(*path.parts[1:])
+    if not path.name:  # "", ".", "/": no file name, so no name (the row is then reported)
+        return ""
     return path.with_suffix("").as_posix().replace("/", "_")
 
 
@@ -158,13 +164,13 @@ def _numbers(values: list[Any], labels: list[str], what: str) -> np.ndarray:
     """Values -> float64 array; a clear error naming the first non-numeric or non-finite one."""
     try:
         array = None if any(isinstance(v, bool) for v in values) else np.array(values, dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: a JSON integer beyond float range
         array = None
     if array is None or not np.isfinite(array).all():
         for value, label in zip(values, labels, strict=True):
             try:
                 ok = not isinstance(value, bool) and math.isfinite(float(value))
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 ok = False
             if not ok:
                 raise _RowError(f"{what} {label} is {value!r}, not a finite number; write a number in pixels")
@@ -243,61 +249,70 @@ def _csv_layout(
 
 def _read_csv(path: Path, box_from: str) -> list[_Row]:
     """Rows of a CSV table (malformed rows carry their error); header problems raise DataFormatError."""
+    reader = csv.reader(io.StringIO(read_text(path), newline=""))
+    try:
+        return _csv_rows(reader, path, box_from)
+    except csv.Error as err:  # e.g. a field over the csv module's size limit (an unclosed quote)
+        raise DataFormatError(
+            f"{path}:{reader.line_num}: the csv module cannot read this row ({err})"
+        ) from None
+
+
+def _csv_rows(reader: Any, path: Path, box_from: str) -> list[_Row]:
+    """The rows of a ``csv.reader`` (header first), parsed as :func:`_read_csv` says."""
     rows: list[_Row] = []
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None:
-            raise DataFormatError(f"{path}: the file is empty; the first row must name the columns")
-        header = [column.strip() for column in header]
-        x_cols, y_cols, box_cols = _csv_layout(header, path, box_from)
-        coord_cols = [c for pair in zip(x_cols, y_cols, strict=True) for c in pair]
-        image_col = header.index("image")
-        name_col = header.index("name") if "name" in header else None
-        reserved = set(coord_cols) | set(box_cols or ()) | {image_col, name_col}
-        extra = [(position, column) for position, column in enumerate(header) if position not in reserved]
-        line = reader.line_num
-        for cells in reader:
-            start, line = line + 1, reader.line_num
-            if not cells or not any(cell.strip() for cell in cells):
-                continue
-            image = cells[image_col].strip() if image_col < len(cells) else ""
-            name = cells[name_col].strip() if name_col is not None and name_col < len(cells) else ""
-            attributes = None
-            if len(cells) == len(header):
-                attributes = {column: attribute_value(cells[position]) for position, column in extra}
-            try:
-                if len(cells) != len(header):
-                    raise _RowError(
-                        f"the row has {len(cells)} fields but the header has {len(header)} columns; every "
-                        f"row needs one value per column ({len(x_cols)} landmarks and the other columns)"
-                    )
-                if not image:
-                    raise _RowError(
-                        "the 'image' value is empty; give the image path relative to the dataset folder"
-                    )
-                coord_text = [cells[c].strip() for c in coord_cols]
-                filled = sum(1 for text in coord_text if text)
-                if filled == 0:
-                    points = None
-                elif filled < len(coord_text):
-                    raise _RowError(
-                        f"{len(coord_text) - filled} of the {len(coord_text)} landmark values are empty; "
-                        "fill them all, or leave them all empty for an unlabeled face (it then needs a box)"
-                    )
-                else:
-                    labels = [header[c] for c in coord_cols]
-                    points = _numbers(coord_text, labels, "landmark value").reshape(-1, 2)
-                box = None
-                if box_cols is not None:
-                    box_text = [cells[c].strip() for c in box_cols]
-                    if any(box_text):
-                        box = _box_of(box_text, list(BOX_COLUMNS))
-                _check_labels(points, box, box_from)
-            except _RowError as err:
-                rows.append(_Row(start, image, None, None, name or None, attributes, str(err)))
-                continue
-            rows.append(_Row(start, image, points, box, name or None, attributes))
+    header = next(reader, None)
+    if header is None:
+        raise DataFormatError(f"{path}:1: the file is empty; the first row must name the columns")
+    header = [column.strip() for column in header]
+    x_cols, y_cols, box_cols = _csv_layout(header, path, box_from)
+    coord_cols = [c for pair in zip(x_cols, y_cols, strict=True) for c in pair]
+    image_col = header.index("image")
+    name_col = header.index("name") if "name" in header else None
+    reserved = set(coord_cols) | set(box_cols or ()) | {image_col, name_col}
+    extra = [(position, column) for position, column in enumerate(header) if position not in reserved]
+    line = reader.line_num
+    for cells in reader:
+        start, line = line + 1, reader.line_num
+        if not cells or not any(cell.strip() for cell in cells):
+            continue
+        image = cells[image_col].strip() if image_col < len(cells) else ""
+        name = cells[name_col].strip() if name_col is not None and name_col < len(cells) else ""
+        attributes = None
+        if len(cells) == len(header):
+            attributes = {column: attribute_value(cells[position]) for position, column in extra}
+        try:
+            if len(cells) != len(header):
+                raise _RowError(
+                    f"the row has {len(cells)} fields but the header has {len(header)} columns; every "
+                    f"row needs one value per column ({len(x_cols)} landmarks and the other columns)"
+                )
+            if not image:
+                raise _RowError(
+                    "the 'image' value is empty; give the image path relative to the dataset folder"
+                )
+            coord_text = [cells[c].strip() for c in coord_cols]
+            filled = sum(1 for text in coord_text if text)
+            if filled == 0:
+                points = None
+            elif filled < len(coord_text):
+                raise _RowError(
+                    f"{len(coord_text) - filled} of the {len(coord_text)} landmark values are empty; "
+                    "fill them all, or leave them all empty for an unlabeled face (it then needs a box)"
+                )
+            else:
+                labels = [header[c] for c in coord_cols]
+                points = _numbers(coord_text, labels, "landmark value").reshape(-1, 2)
+            box = None
+            if box_cols is not None:
+                box_text = [cells[c].strip() for c in box_cols]
+                if any(box_text):
+                    box = _box_of(box_text, list(BOX_COLUMNS))
+            _check_labels(points, box, box_from)
+        except _RowError as err:
+            rows.append(_Row(start, image, None, None, name or None, attributes, str(err)))
+            continue
+        rows.append(_Row(start, image, points, box, name or None, attributes))
     return rows
 
 
@@ -311,62 +326,63 @@ def _read_jsonl(path: Path, box_from: str) -> list[_Row]:
     """Rows of a JSON-lines table (malformed rows carry their error)."""
     rows: list[_Row] = []
     count_line: tuple[int, int] | None = None  # (L, line that set it)
-    with path.open(encoding="utf-8-sig") as handle:
-        for line, text in enumerate(handle, start=1):
-            if not text.strip():
-                continue
-            image, name, attributes = "", None, None
+    for line, text in enumerate(read_text_lines(path), start=1):
+        if not text.strip():
+            continue
+        image, name, attributes = "", None, None
+        try:
             try:
-                try:
-                    entry = json.loads(text)
-                except json.JSONDecodeError as err:
+                entry = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise _RowError(
+                    f"not valid JSON ({err.msg} at column {err.colno}); write one object a line"
+                ) from None
+            except (ValueError, RecursionError) as err:  # an integer of 4300+ digits, deep nesting
+                raise _RowError(f"not JSON this reader can read ({type(err).__name__}: {err})") from None
+            if not isinstance(entry, dict):
+                raise _RowError(
+                    f"expected a JSON object, got {type(entry).__name__}; write one object a line"
+                )
+            attributes = {k: _json_attribute(v) for k, v in entry.items() if k not in _JSON_FIELDS}
+            image = entry.get("image")
+            image = image.strip() if isinstance(image, str) else ""
+            name = entry.get("name")
+            if not image:
+                raise _RowError(
+                    "missing or empty 'image'; give the image path relative to the dataset folder"
+                )
+            raw_points = entry.get("landmarks")
+            points = None
+            if raw_points is not None and raw_points != []:
+                if not isinstance(raw_points, list) or not all(
+                    isinstance(p, list) and len(p) == 2 for p in raw_points
+                ):
+                    raise _RowError("'landmarks' must be a list of [x, y] pairs")
+                flat = [v for pair in raw_points for v in pair]
+                labels = [f"{axis}{k}" for k in range(len(raw_points)) for axis in "xy"]
+                points = _numbers(flat, labels, "landmark value").reshape(-1, 2)
+                if count_line is not None and len(points) != count_line[0]:
                     raise _RowError(
-                        f"not valid JSON ({err.msg} at column {err.colno}); write one object a line"
-                    ) from None
-                if not isinstance(entry, dict):
-                    raise _RowError(
-                        f"expected a JSON object, got {type(entry).__name__}; write one object a line"
+                        f"the row has {len(points)} landmarks but line {count_line[1]} has "
+                        f"{count_line[0]}; every row needs the same landmarks in the same order"
                     )
-                attributes = {k: _json_attribute(v) for k, v in entry.items() if k not in _JSON_FIELDS}
-                image = entry.get("image")
-                image = image.strip() if isinstance(image, str) else ""
-                name = entry.get("name")
-                if not image:
-                    raise _RowError(
-                        "missing or empty 'image'; give the image path relative to the dataset folder"
-                    )
-                raw_points = entry.get("landmarks")
-                points = None
-                if raw_points is not None and raw_points != []:
-                    if not isinstance(raw_points, list) or not all(
-                        isinstance(p, list) and len(p) == 2 for p in raw_points
-                    ):
-                        raise _RowError("'landmarks' must be a list of [x, y] pairs")
-                    flat = [v for pair in raw_points for v in pair]
-                    labels = [f"{axis}{k}" for k in range(len(raw_points)) for axis in "xy"]
-                    points = _numbers(flat, labels, "landmark value").reshape(-1, 2)
-                    if count_line is not None and len(points) != count_line[0]:
-                        raise _RowError(
-                            f"the row has {len(points)} landmarks but line {count_line[1]} has "
-                            f"{count_line[0]}; every row needs the same landmarks in the same order"
-                        )
-                raw_box = entry.get("box")
-                box = None
-                if raw_box is not None:
-                    if not isinstance(raw_box, list) or len(raw_box) != 4:
-                        raise _RowError("'box' must be [x0, y0, x1, y1] (left, top, right, bottom) or null")
-                    box = _box_of(raw_box, list(BOX_COLUMNS))
-                if name is not None and not isinstance(name, (str, int)):
-                    raise _RowError(f"'name' must be a string, got {name!r}")
-                _check_labels(points, box, box_from)
-            except _RowError as err:
-                name_text = str(name).strip() if isinstance(name, (str, int)) else ""
-                rows.append(_Row(line, image, None, None, name_text or None, attributes, str(err)))
-                continue
-            if points is not None and count_line is None:
-                count_line = (len(points), line)
-            name_text = str(name).strip() if name is not None else ""
-            rows.append(_Row(line, image, points, box, name_text or None, attributes))
+            raw_box = entry.get("box")
+            box = None
+            if raw_box is not None:
+                if not isinstance(raw_box, list) or len(raw_box) != 4:
+                    raise _RowError("'box' must be [x0, y0, x1, y1] (left, top, right, bottom) or null")
+                box = _box_of(raw_box, list(BOX_COLUMNS))
+            if name is not None and not isinstance(name, (str, int)):
+                raise _RowError(f"'name' must be a string, got {name!r}")
+            _check_labels(points, box, box_from)
+        except _RowError as err:
+            name_text = str(name).strip() if isinstance(name, (str, int)) else ""
+            rows.append(_Row(line, image, None, None, name_text or None, attributes, str(err)))
+            continue
+        if points is not None and count_line is None:
+            count_line = (len(points), line)
+        name_text = str(name).strip() if name is not None else ""
+        rows.append(_Row(line, image, points, box, name_text or None, attributes))
     return rows
 
 
@@ -456,7 +472,7 @@ def read_table(
         image_path = Path(row.image)
         if not image_path.is_absolute():
             image_path = root / image_path
-        if not image_path.is_file():
+        if not is_file(image_path):
             bad(f"{at}: image not found: {image_path}; fix the path (relative to {root}) or remove the row")
             continue
         used[name] = row.line

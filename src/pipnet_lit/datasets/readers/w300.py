@@ -23,6 +23,7 @@ from pipnet_lit.datasets.geometry import CropBox, box_from_points_300w, crop_and
 from pipnet_lit.datasets.pts import PtsFormatError, read_pts
 from pipnet_lit.datasets.records import (
     BadInput,
+    DataFormatError,
     FaceRecord,
     FileImage,
     MissingDownloadError,
@@ -67,8 +68,9 @@ def list_pts_folder(root: Path, folder: str, bad: BadInput) -> list[tuple[Path, 
         suffix = entry.suffix.lower()
         if suffix in IMAGE_SUFFIXES:
             if entry.stem in images:
-                raise ValueError(
-                    f"two images share the stem {entry.stem!r}: {images[entry.stem]} and {entry}"
+                raise DataFormatError(
+                    f"two images share the stem {entry.stem!r}: {images[entry.stem]} and {entry}; the "
+                    f"{entry.stem}.pts landmarks could belong to either, so keep one of them"
                 )
             images[entry.stem] = entry
         elif suffix == ".pts":

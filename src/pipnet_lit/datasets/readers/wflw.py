@@ -46,6 +46,8 @@ from pipnet_lit.datasets.records import (
     FaceRecord,
     FileImage,
     MissingDownloadError,
+    is_file,
+    read_text_lines,
     relative_key,
 )
 
@@ -211,9 +213,9 @@ def parse_annotation_line(fields: list[str], where: str) -> WflwLine:
 
 
 def _numbered_lines(path: Path) -> list[tuple[int, list[str]]]:
-    """(1-based line number, whitespace-split fields) of every non-blank line."""
-    with open(path, encoding="utf-8") as f:
-        return [(number, line.split()) for number, line in enumerate(f, start=1) if line.strip()]
+    """(1-based line number, whitespace-split fields) of every non-blank line (DataFormatError: not UTF-8)."""
+    lines = read_text_lines(path)
+    return [(number, line.split()) for number, line in enumerate(lines, start=1) if line.strip()]
 
 
 def default_prefix(path: Path) -> str:
@@ -288,7 +290,7 @@ def read_wflw(
             bad(str(err))
             continue
         image_path = images_dir / line.image
-        if not image_path.is_file():
+        if not is_file(image_path):
             skipped_keys.add(line.key)
             bad(f"{where}: image {IMAGES_DIR}/{line.image} not found under {root}; is the download complete?")
             continue
