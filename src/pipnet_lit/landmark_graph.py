@@ -112,7 +112,7 @@ class LandmarkGraph(nn.Module):
         if self.nb_indices.device != device:  # a network moved without its graph (e.g. by Lightning)
             for name in ("nb_indices", "reverse_index1", "reverse_index2", "meanface"):
                 setattr(self, name, getattr(self, name).to(device))
-        details = decode_details(outputs, self.neighbors())
+        details = decode_details(outputs.float(), self.neighbors())  # bf16 maps (autocast) decode in fp32
         return CropPrediction(details.merged if self.merge else details.own, details.max_score)
 
     def landmarks(self, images: Tensor) -> CropPrediction:

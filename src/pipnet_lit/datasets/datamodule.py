@@ -104,6 +104,7 @@ class LandmarkDataModule(L.LightningDataModule):
         cache_dir: where crops are cached (``<cache_dir>/<meta name>/<split>_<size>px/``).
         input_size: side of the square network input, in pixels.
         batch_size, eval_batch_size, num_workers, pin_memory: the loaders.
+        prefetch_factor: batches each loader worker prepares ahead (None: PyTorch's default, 2).
         crop_scale: overrides the ``scale`` of every split that sets one (e.g. 1.3 for 300W).
         eval_subsets: test subsets to evaluate (default: all the YAML names).
         augment: keyword arguments for ``build_train_transform`` (probabilities, ranges).
@@ -141,6 +142,7 @@ class LandmarkDataModule(L.LightningDataModule):
         augment: dict[str, Any] | None = None,
         sources: Mapping[str, PreparedSource] | None = None,
         pin_memory: bool = False,
+        prefetch_factor: int | None = None,
         load_train: bool = True,
         load_unlabeled: bool | None = None,
         val_fraction: float = 0.0,
@@ -525,6 +527,7 @@ class LandmarkDataModule(L.LightningDataModule):
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=self.hparams.pin_memory,
+            prefetch_factor=self.hparams.get("prefetch_factor") if workers > 0 else None,
             drop_last=shuffle and len(dataset) > batch_size,
             worker_init_fn=_seed_worker,
             multiprocessing_context=_worker_start_method() if workers > 0 else None,

@@ -29,6 +29,14 @@ class PIPOutputs(NamedTuple):
     nb_y: Tensor  # (B, N, H, W)
     score_coarse: tuple[Tensor, ...] = ()  # (B, L, H/2, W/2), (B, L, H/4, W/4) or ()
 
+    def float(self) -> PIPOutputs:
+        """The maps in float32 (from bf16 / fp16 autocast): losses, targets and decoding stay in fp32. The
+        record itself when they are float32 already (nothing is copied, nothing recorded in a trace)."""
+        if self.score.dtype == torch.float32 and all(t.dtype == torch.float32 for t in self.score_coarse):
+            return self
+        maps = [t.float() for t in self[:5]]
+        return PIPOutputs(*maps, tuple(t.float() for t in self.score_coarse))
+
 
 @dataclass
 class PIPTargets:
