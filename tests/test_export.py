@@ -8,6 +8,7 @@ trained model's NME by little.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import warnings
@@ -425,10 +426,18 @@ def test_bench_inference_quick_writes_ratios_and_accuracy(trained, tmp_path, mon
         "data.prepare_workers=1",
     ]
     out = tmp_path / "inference.json"
+    # round-robin here (one process: fast); the default times each path in a process of its own
     args = ["--quick", "--size", "64", "--batches", "1", "2", "--threads", "1", "--ckpt", str(ckpt)]
+    args += ["--isolation", "round-robin"]
     args += [f"--data-override={d}" for d in data] + ["--out", str(out)]
     report = bench_inference.main(args)
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    assert report["speed"]["isolation"] == "round-robin"
+    # one path timed alone in a fresh process, as the default isolation does for every path
+    alone = bench_inference.time_in_own_process(
+        str(ckpt), bench_inference.BASELINE, argparse.Namespace(batches=[1, 2], size=64, warmup=1, rounds=2)
+    )
+    assert set(alone) == {"1", "2"} and all(0 < t < 60 for t in alone.values())
     assert report["machine"]["cpu"] and report["machine"]["threads"] == 1
     expected = {"torchscript fp32", "onnxruntime fp32", "onnxruntime int8", "openvino fp32", "openvino int8"}
     for batch in ("batch_1", "batch_2"):

@@ -2,8 +2,11 @@
 
 Speed (the issue's setting: ResNet-18, stride 32, 256 px, random weights): end to end, crop tensor ->
 landmarks (decode and merge included), batch 1 and 16, every path against a plain eager fp32
-`torch.no_grad()` forward + `pipnet_lit.pip.decode` of the same network, timed round-robin in the same
-process (one call of every path per round, median over rounds), so the ratios hold on a busy machine too.
+`torch.no_grad()` forward + `pipnet_lit.pip.decode` of the same network. Each path is timed ALONE, in a
+process of its own (`--isolation process`, the default): ONNX Runtime's and OpenVINO's thread pools keep
+spinning after a call and take the cores from whatever runs next, so a round-robin in one process
+(`--isolation round-robin`, the old way) measures the neighbours' contention more than the runtime.
+The baseline runs in a process of its own too; ratios are baseline time / path time (medians).
 Paths: eager (inference_mode, channels-last; bf16 autocast where the CPU has bf16), TorchScript, ONNX
 Runtime fp32 / int8 (static QDQ), OpenVINO fp32 (precision hint f32) / bf16 (bf16 CPUs) / int8 (NNCF).
 On a CUDA machine the GPU paths (eager fp32, bf16 + channels-last) are timed as well.
@@ -40,7 +43,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_cpu import cpu_info, write_report  # noqa: E402  (helpers of the CPU benchmark)
 
-from pipnet_lit.checkpoints import read_checkpoint  # noqa: E402
+from pipnet_lit.checkpoints import read_checkpoint, write_checkpoint  # noqa: E402
 from pipnet_lit.export import (  # noqa: E402
     export_onnx,
     export_openvino,
@@ -55,6 +58,8 @@ from pipnet_lit.pip import decode  # noqa: E402
 from pipnet_lit.runtime import load_runtime  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
+BASELINE = "baseline"  # the plain eager path: no_grad forward + decode (what every ratio divides)
+BASELINE_NAME = "eager fp32 baseline (no_grad)"
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "inference.json"
 TRAIN_RUN = ("bench", "inference_synthetic")  # outputs/<task_name>/<run_name>/ of the trained model
 TARGETS = {"fp32": 1.4, "int8_b1": 4.0, "int8_b16": 5.0, "int8_nme_rel": 0.01}
@@ -79,26 +84,77 @@ def render_crops(n: int, size: int, seed: int = 0) -> torch.Tensor:
 
 def build_paths(
     graph: LandmarkGraph, folder: Path, calib: torch.Tensor, threads: int, machine: dict[str, Any]
-) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
-    """Export `graph` every way and load each export: path name -> callable crops -> landmarks."""
+) -> dict[str, tuple[str, str | None]]:
+    """Export `graph` every way: path name -> (file, precision). ``eager`` paths run the checkpoint."""
+    ckpt = write_checkpoint(graph, folder / "model.ckpt")
     onnx = export_onnx(graph, folder / "model.onnx")
-    files = {
-        "torchscript fp32": (export_torchscript(graph, folder / "model.pt"), None),
-        "onnxruntime fp32": (onnx, None),
-        "onnxruntime int8": (quantize_onnx(onnx, folder / "model_int8.onnx", calib), None),
-        "openvino fp32": (export_openvino(graph, folder / "model.xml", onnx_path=onnx), None),
-        "openvino int8": (export_openvino(graph, folder / "model_int8.xml", calib, onnx_path=onnx), None),
+    paths: dict[str, tuple[str, str | None]] = {
+        "eager fp32 (inference_mode, channels-last)": (str(ckpt), "fp32")
     }
     if has_bf16(machine):
-        files["openvino bf16"] = (files["openvino fp32"][0], "bf16")
-    paths: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-        "eager fp32 (inference_mode, channels-last)": load_runtime(graph, precision="fp32")
-    }
+        paths["eager bf16 autocast (channels-last)"] = (str(ckpt), "bf16")
+    paths["torchscript fp32"] = (str(export_torchscript(graph, folder / "model.pt")), None)
+    paths["onnxruntime fp32"] = (str(onnx), None)
+    paths["onnxruntime int8"] = (str(quantize_onnx(onnx, folder / "model_int8.onnx", calib)), None)
+    xml = export_openvino(graph, folder / "model.xml", onnx_path=onnx)
+    paths["openvino fp32"] = (str(xml), None)
     if has_bf16(machine):
-        paths["eager bf16 autocast (channels-last)"] = load_runtime(graph, precision="bf16")
-    for name, (path, precision) in files.items():
-        paths[name] = load_runtime(path, precision=precision, num_threads=threads)
+        paths["openvino bf16"] = (str(xml), "bf16")
+    paths["openvino int8"] = (
+        str(export_openvino(graph, folder / "model_int8.xml", calib, onnx_path=onnx)),
+        None,
+    )
     return paths
+
+
+def load_path(file: str, precision: str | None, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """One exported path as a callable (``BASELINE`` is the plain eager path of the checkpoint)."""
+    if precision == BASELINE:
+        return baseline_fn(read_checkpoint(file).graph())
+    return load_runtime(file, precision=precision, num_threads=threads or None)
+
+
+def time_alone(
+    file: str,
+    precision: str | None,
+    batches: Sequence[int],
+    size: int,
+    warmup: int,
+    rounds: int,
+    threads: int,
+) -> dict[str, float]:
+    """Median seconds per call of one path at each batch size, in this process and nothing else."""
+    fn = load_path(file, precision, threads)
+    out = {}
+    for batch in batches:
+        x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
+        n = rounds if batch == 1 else max(3, rounds // 3)
+        out[str(batch)] = time_round_robin({"path": lambda x=x: fn(x)}, warmup, n)["path"]
+    return out
+
+
+def time_in_own_process(file: str, precision: str | None, args: argparse.Namespace) -> dict[str, float]:
+    """`time_alone` in a fresh Python process (no other runtime's threads alive), same thread count."""
+    import json
+
+    spec = json.dumps(
+        {
+            "file": file,
+            "precision": precision,
+            "batches": args.batches,
+            "size": args.size,
+            "warmup": args.warmup,
+            "rounds": args.rounds,
+            "threads": torch.get_num_threads(),
+        }
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    result = subprocess.run(
+        [sys.executable, __file__, "--time-one", spec], capture_output=True, text=True, env=env, check=False
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"timing {file} ({precision}) failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def baseline_fn(graph: LandmarkGraph) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -130,6 +186,27 @@ def time_round_robin(
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+def time_paths(
+    specs: dict[str, tuple[str, str | None]], args: argparse.Namespace, batches: Sequence[int], size: int
+) -> dict[str, dict[str, float]]:
+    """Median seconds per call: path name -> batch -> seconds, each path alone in its own process
+    (``args.isolation == "process"``) or all round-robin in this one."""
+    threads = torch.get_num_threads()
+    own = copy.copy(args)
+    own.batches, own.size = list(batches), size
+    if args.isolation == "process":
+        return {name: time_in_own_process(file, prec, own) for name, (file, prec) in specs.items()}
+    loaded = {name: load_path(file, prec, threads) for name, (file, prec) in specs.items()}
+    per_path: dict[str, dict[str, float]] = {}
+    for batch in batches:
+        x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
+        rounds = args.rounds if batch == 1 else max(3, args.rounds // 3)
+        fns = {name: (lambda fn=fn, x=x: fn(x)) for name, fn in loaded.items()}
+        for name, t in time_round_robin(fns, args.warmup, rounds).items():
+            per_path.setdefault(name, {})[str(batch)] = t
+    return per_path
+
+
 def bench_speed(args: argparse.Namespace, machine: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(0)
     net = PIPNet(args.backbone, 68, 10, args.stride, pretrained=False, input_size=args.size).eval()
@@ -138,17 +215,18 @@ def bench_speed(args: argparse.Namespace, machine: dict[str, Any]) -> dict[str, 
     calib = render_crops(args.calib_n_speed, args.size)
     with tempfile.TemporaryDirectory(prefix="bench-inference-") as tmp:
         paths = build_paths(graph, Path(tmp), calib, torch.get_num_threads(), machine)
-        results: dict[str, Any] = {}
+        ckpt = paths["eager fp32 (inference_mode, channels-last)"][0]
+        per_path = time_paths({BASELINE_NAME: (ckpt, BASELINE), **paths}, args, args.batches, args.size)
+        results: dict[str, Any] = {"isolation": args.isolation}
         for batch in args.batches:
-            x = torch.randn(batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(batch))
-            fns = {"eager fp32 baseline (no_grad)": lambda x=x: baseline_fn(graph)(x)}
-            fns.update({name: (lambda fn=fn, x=x: fn(x)) for name, fn in paths.items()})
-            rounds = args.rounds if batch == 1 else max(3, args.rounds // 3)
-            medians = time_round_robin(fns, args.warmup, rounds)
-            base = medians["eager fp32 baseline (no_grad)"]
+            base = per_path[BASELINE_NAME][str(batch)]
             results[f"batch_{batch}"] = {
-                name: {"ms": 1000 * t, "per_face_ms": 1000 * t / batch, "speedup": base / t}
-                for name, t in medians.items()
+                name: {
+                    "ms": 1000 * t[str(batch)],
+                    "per_face_ms": 1000 * t[str(batch)] / batch,
+                    "speedup": base / t[str(batch)],
+                }
+                for name, t in per_path.items()
             }
         if torch.cuda.is_available():
             results["gpu"] = bench_gpu(graph, args)
@@ -258,7 +336,8 @@ def bench_accuracy(args: argparse.Namespace, machine: dict[str, Any]) -> dict[st
         "subsets": {k: len(v[0]) for k, v in sets.items()},
     }
     with tempfile.TemporaryDirectory(prefix="bench-inference-acc-") as tmp:
-        paths = build_paths(graph, Path(tmp), calib, torch.get_num_threads(), machine)
+        specs = build_paths(graph, Path(tmp), calib, torch.get_num_threads(), machine)
+        paths = {name: load_path(file, prec, torch.get_num_threads()) for name, (file, prec) in specs.items()}
         reference = {key: predict_all(baseline_fn(graph), crops) for key, (crops, _) in sets.items()}
         ref_nme = {key: nme_of(reference[key], sets[key][1], spec) for key in sets}
         report["paths"] = {"eager fp32 baseline (no_grad)": {"nme": ref_nme}}
@@ -272,14 +351,12 @@ def bench_accuracy(args: argparse.Namespace, machine: dict[str, Any]) -> dict[st
                 entry["max_abs_diff"][key] = float((pred - reference[key]).abs().max())
             report["paths"][name] = entry
         # speed of the trained model's own setting, batch 1 (the probe's second table)
-        x = sets[next(iter(sets))][0][:1]
-        fns = {"eager fp32 baseline (no_grad)": lambda: baseline_fn(graph)(x)}
-        fns.update({name: (lambda fn=fn: fn(x)) for name, fn in paths.items()})
-        medians = time_round_robin(fns, args.warmup, args.rounds)
-        base = medians["eager fp32 baseline (no_grad)"]
-        for name, t in medians.items():
-            report["paths"][name]["batch_1_ms"] = 1000 * t
-            report["paths"][name]["batch_1_speedup"] = base / t
+        del paths  # their threads must not run beside the timed paths
+        ckpt = specs["eager fp32 (inference_mode, channels-last)"][0]
+        timed = time_paths({BASELINE_NAME: (ckpt, BASELINE), **specs}, args, [1], graph.input_size)
+        for name, t in timed.items():
+            report["paths"][name]["batch_1_ms"] = 1000 * t["1"]
+            report["paths"][name]["batch_1_speedup"] = timed[BASELINE_NAME]["1"] / t["1"]
     return report
 
 
@@ -409,7 +486,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--no-accuracy", action="store_true", help="speed only")
     parser.add_argument("--quick", action="store_true", help="tiny settings (a smoke run; no real figures)")
     parser.add_argument("--out", default=str(DEFAULT_OUT))
+    parser.add_argument(
+        "--isolation",
+        choices=("process", "round-robin"),
+        default="process",
+        help="process: each path timed alone in a process of its own (default); round-robin: all in one",
+    )
+    parser.add_argument("--time-one", default=None, help=argparse.SUPPRESS)  # internal: one path, JSON out
     args = parser.parse_args(argv)
+    if args.time_one:
+        import json
+
+        spec = json.loads(args.time_one)
+        torch.set_num_threads(int(spec.pop("threads")))
+        print(json.dumps(time_alone(**spec, threads=torch.get_num_threads())))
+        return {}
     if args.quick:
         args.warmup, args.rounds, args.calib_n, args.calib_n_speed = 1, 3, 4, 2
     if args.threads:
