@@ -29,6 +29,11 @@ def test_bench_writes_ratios_and_machine_info(tmp_path):
     assert inference["ours_fps"] == pytest.approx(1000.0 / inference["ours_ms"])
     assert inference["speedup"] == pytest.approx(inference["baseline_ms"] / inference["ours_ms"])
     assert training["batch"] == 2 and training["ours_img_s"] > 0
+    for variant in ("channels_last_fp32", "channels_last_bf16_mixed"):
+        assert training[f"{variant}_ratio"] == pytest.approx(
+            training[f"{variant}_img_s"] / training["baseline_img_s"]
+        )
+    assert "channels-last bf16-mixed" in result.stdout
     assert "speed-up" in result.stdout and "CPU:" in result.stdout
 
 

@@ -132,12 +132,36 @@ def bench_training(args: argparse.Namespace) -> dict[str, float]:
     module.log_dict = lambda *a, **k: None
     base_t = statistics.median(timed(baseline, 1, args.train_iters))
     ours_t = statistics.median(timed(ours, 1, args.train_iters))
-    return {
+    out = {
         "batch": args.train_batch,
         "baseline_img_s": args.train_batch / base_t,
         "ours_img_s": args.train_batch / ours_t,
         "ratio": base_t / ours_t,
     }
+    # model.channels_last=true, fp32 and with trainer.precision=bf16-mixed (autocast, as Lightning runs it)
+    for name, dtype in (("channels_last_fp32", None), ("channels_last_bf16_mixed", torch.bfloat16)):
+        torch.manual_seed(0)
+        fast = PIPNetModule(
+            backbone=args.backbone, net_stride=args.stride, input_size=args.size, pretrained=False, num_nb=10,
+            channels_last=True,
+        )  # fmt: skip
+        fast.set_meanface(np.random.default_rng(0).uniform(0.1, 0.9, size=(68, 2)))
+        fast.train()
+        fast.log = lambda *a, **k: None
+        fast.log_dict = lambda *a, **k: None
+        fast_opt = torch.optim.Adam(fast.parameters(), lr=1e-4)
+
+        def step(fast=fast, fast_opt=fast_opt, dtype=dtype) -> None:
+            with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+                loss = fast.training_step(batch, 0)
+            fast_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            fast_opt.step()
+
+        t = statistics.median(timed(step, 1, args.train_iters))
+        out[f"{name}_img_s"] = args.train_batch / t
+        out[f"{name}_ratio"] = base_t / t
+    return out
 
 
 def main() -> None:
@@ -169,9 +193,14 @@ def main() -> None:
         f"speed-up x{inf['speedup']:.2f}"
     )
     report["training"] = tr = bench_training(args)
+    flags = report["machine"]["flags"]
+    bf16 = "" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "; no bf16 in this CPU: emulated"
     print(
         f"training batch {tr['batch']}, {args.size}px: baseline {tr['baseline_img_s']:.1f} img/s, "
-        f"ours {tr['ours_img_s']:.1f} img/s (ratio x{tr['ratio']:.2f})"
+        f"ours {tr['ours_img_s']:.1f} img/s (ratio x{tr['ratio']:.2f}); channels-last fp32 "
+        f"{tr['channels_last_fp32_img_s']:.1f} img/s (x{tr['channels_last_fp32_ratio']:.2f}); channels-last "
+        f"bf16-mixed {tr['channels_last_bf16_mixed_img_s']:.1f} img/s "
+        f"(x{tr['channels_last_bf16_mixed_ratio']:.2f}{bf16})"
     )
     write_report(report, args.out)
 
