@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -59,3 +60,28 @@ def test_bench_pipeline_quick_writes_figures(tmp_path, monkeypatch):
     assert pipeline["grid"] == [2, 2] and isinstance(pipeline["pass"], bool)
     assert all(pipeline["breakdown_ms"][k] > 0 for k in ("decode", "augmentation", "targets"))
     assert {"Rotate", "compose_bookkeeping", "wrapper"} <= set(pipeline["augmentation_steps_ms"])
+
+
+def test_training_benchmark_reports_throughput_and_data_wait(tmp_path):
+    """bench_training on the tiny synthetic set (CPU): the StepTimer's figures are consistent."""
+    out = tmp_path / "training.json"
+    tiny = [
+        "data.sources.synthetic.n_train=8", "data.sources.synthetic.n_common=2",
+        "data.sources.synthetic.n_challenge=2", "data.sources.synthetic.n_wild=0",
+        "data.sources.synthetic.image_size=80", "data.input_size=64", "data.batch_size=2",
+        "data.num_workers=0",
+    ]  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, str(REPO / "experiments/bench/bench_training.py"), "--steps", "4",
+         "--workdir", str(tmp_path), "--out", str(out), "--", *tiny],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "WANDB_MODE": "offline"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    training = json.loads(out.read_text())["training"]
+    assert training["steps"] == 2  # 4 steps, the first 2 are warm-up
+    assert training["batch_size"] == 2 and training["input_size"] == 64 and training["device"] == "cpu"
+    assert 0.0 <= training["data_wait_share"] < 1.0 and training["images_per_s"] > 0
+    total_s = 2 * (training["step_ms"] + training["wait_ms"]) / 1000
+    assert training["images_per_s"] == pytest.approx(4 / total_s, rel=1e-6)
+    assert training["data_wait_share"] == pytest.approx(training["wait_ms"] / (total_s * 500), rel=1e-6)
+    assert "waiting for data" in result.stdout and "CPU:" in result.stdout
