@@ -185,6 +185,9 @@ def test_video_writes_annotated_video_and_smooths_per_frame(ckpt: Path, tmp_path
         "stopped": None,
     }
     assert raw["smoothing"] is None and raw["skipped"] == {"unreadable": [], "no_face": []}
+    # detector=whole costs nothing: it runs on every frame unless detect_every says otherwise
+    assert raw["detect_every"] == 1 and raw["tracking"] is None
+    assert {f["boxes_from"] for f in raw["frames"]} == {"detector"}
     assert [f["frame"] for f in raw["frames"]] == list(range(8))
     assert [f["time"] for f in raw["frames"]] == pytest.approx([i / 10 for i in range(8)])
     assert all(len(f["faces"]) == 1 and len(f["faces"][0]["landmarks"]) == 68 for f in raw["frames"])

@@ -5,20 +5,36 @@
     python -m pipnet_lit.predict ckpt=model.ckpt input=clip.mp4 smooth=true     # -> predictions/clip.mp4
     python -m pipnet_lit.predict ckpt=model.ckpt input=0 max_frames=300         # webcam 0
     python -m pipnet_lit.predict ckpt=model.ckpt input=crops/ detector=whole    # images that are face crops
+    python -m pipnet_lit.predict ckpt=model.ckpt model=model_int8.xml precision=int8 input=clip.mp4
 
 Writes the annotated image(s) or video into ``output`` (default ``predictions/``; folders keep their
 sub-folders, a video becomes ``<output>/<stem>.mp4``) and ``<output>/predictions.json``: every face of every
-image / frame with its detector box and score, the crop box, the landmarks in image pixels and each
-landmark's score (plus ``landmarks_raw`` when smoothing). Faces are batched across images and frames
-(``batch_size``). Options (``key=value``, nested with dots):
+image / frame with its box and score, the crop box, the landmarks in image pixels and each landmark's score
+(plus ``landmarks_raw`` when smoothing), and a ``timing`` entry (seconds per stage, items per second). Faces
+are batched across images and frames (``batch_size``). Options (``key=value``, nested with dots):
 
-  ckpt            a pipnet-lit checkpoint (training's *.ckpt, or `python -m pipnet_lit.convert` output)
+  ckpt            a pipnet-lit checkpoint (training's *.ckpt, or `python -m pipnet_lit.convert` output); with
+                  model= it still gives the settings the exported file is checked against
+  model           an exported model to run instead of the checkpoint's network: .pt (torchscript), .onnx
+                  (onnxruntime) or .xml (openvino), from `python -m pipnet_lit.export ckpt=... format=...`
+  backend         eager (default without model=), torchscript, onnxruntime or openvino (default with model=:
+                  the one its suffix names)
+  precision       fp32 (default), bf16 (eager, openvino; on CPUs with bf16 instructions) or int8 (an int8
+                  export: onnxruntime, openvino); threads: the backend's intra-op threads (eager and
+                  torchscript: torch.set_num_threads, for the whole process)
   input           an image, a folder of images (recursive), a video file, or a webcam index (0, 1, ...)
   output          output folder (must not be the input folder)
   detector        haar (default, offline), mtcnn (pip install --no-deps facenet-pytorch), whole, or a
                   class path pkg.module:Class; detector_args.<name>=... are its arguments, e.g.
                   detector_args.angles=[-20,-10,0,10,20] (tilted faces, Haar) or detector_args.min_score=0.95
   crop            override the detector's box -> crop rule: crop.scale_x=1.2 crop.scale_y=1.0 crop.shift_y=0.1
+  detect_every    video / webcam: run the detector every N frames (default 5; 1 with detector=whole) and in
+                  between carry each face's crop box from its landmarks in the previous frame (the training
+                  crop's rule: the landmarks' box x tracking.scale, 1.1 as 300W). A tracked face whose mean
+                  landmark score falls below tracking.min_score, or with fewer than tracking.min_inside of its
+                  landmarks in the frame, is lost: the detector runs on that frame at once. 1: detect every
+                  frame. Images always run the detector. Each frame records ``boxes_from`` (detector or
+                  tracking)
   scheme          a landmark scheme (ibug68, wflw98, ... or a YAML path): draws its groups as lines and checks
                   that the checkpoint predicts as many landmarks
   smooth          true: One Euro filter on video landmarks per face track (smoothing.min_cutoff, .beta,
@@ -26,54 +42,57 @@ landmark's score (plus ``landmarks_raw`` when smoothing). Faces are batched acro
   max_pixels      refuse images (and videos whose frames are) larger than this many pixels, read from the
                   file's header before decoding (default 100000000; 0 or null: no limit)
   max_failed_frames  stop a video or webcam after this many frames in a row fail to decode (default 10)
-  batch_size, device (auto | cpu | cuda), max_frames, fps (for inputs that do not report one), progress,
-  save_images (false: JSON only), draw.points / draw.lines / draw.boxes / draw.radius / draw.color
+  batch_size, device (auto | cpu | cuda), max_frames, fps (for inputs that do not report one), progress
+  (also prints items per second per stage), save_images (false: JSON only), draw.points / draw.lines /
+  draw.boxes / draw.radius / draw.color
 
 Bad input: an unreadable or too large single image, an image without a face, a video or webcam that cannot be
-opened or has frames over max_pixels, and a checkpoint that is not one or does not fit the scheme stop with a
-message (exit code 1); in a folder, unreadable images, images over max_pixels and images without a face are
-skipped and counted. In a video, frames without a face are counted, and frames that fail to decode are
-skipped and counted (a failed read before the frame count the video reports is a damaged frame; after it,
-the end of the video); ``max_failed_frames`` failures in a row stop the video with a note. The JSON file is
-written atomically: a killed run leaves the previous file or the new one, never half of one.
+opened or has frames over max_pixels, a checkpoint that is not one or does not fit the scheme, and an exported
+model that does not fit the checkpoint, the backend or the precision stop with a message (exit code 1); in a
+folder, unreadable images, images over max_pixels and images without a face are skipped and counted. In a
+video, frames without a face are counted, and frames that fail to decode are skipped and counted (a failed
+read before the frame count the video reports is a damaged frame; after it, the end of the video);
+``max_failed_frames`` failures in a row stop the video with a note. The JSON file is written atomically: a
+killed run leaves the previous file or the new one, never half of one.
+
+Start-up: this module imports only the standard library, numpy and the options parser; PyTorch, OpenCV and
+the runtimes are imported when a run starts, so ``--help`` and option errors answer at once.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
-import cv2
 import numpy as np
-import torch
 
 from pipnet_lit.cli import Command, HelpRequested, UsageError, option
-from pipnet_lit.detect import Detections, FaceDetector, build_detector
 from pipnet_lit.files import atomic_write_text
-from pipnet_lit.inference import (
-    DEFAULT_MAX_PIXELS,
-    ImageReadError,
-    ImageTooLargeError,
-    Predictor,
-    crop_faces,
-    load_image,
-    uncrop,
-)
-from pipnet_lit.smoothing import LandmarkSmoother
+
+if TYPE_CHECKING:
+    import cv2
+
+    from pipnet_lit.detect import FaceDetector
+    from pipnet_lit.runtime import Runtime
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "VIDEO_SUFFIXES",
     "DrawConfig",
+    "LandmarkModel",
     "PredictConfig",
     "PredictError",
     "PredictSummary",
     "SmoothingConfig",
+    "TrackingConfig",
     "draw_faces",
+    "load_landmark_model",
     "main",
     "parse_config",
     "predict",
@@ -82,6 +101,18 @@ __all__ = [
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".pbm", ".tif", ".tiff", ".webp", ".jp2")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp")
 JSON_NAME = "predictions.json"
+
+#: `pipnet_lit.inference.DEFAULT_MAX_PIXELS`, spelled out: importing that module imports PyTorch, which
+#: ``--help`` must not wait for (tests/test_predict_backends.py keeps the two equal).
+_DEFAULT_MAX_PIXELS = 100_000_000
+
+#: The names of `pipnet_lit.runtime.BACKENDS` and of the precisions in `pipnet_lit.runtime.PRECISIONS`, as
+#: option types so that a misspelt name is an option error (the same test keeps them equal).
+Backend = Literal["eager", "torchscript", "onnxruntime", "openvino"]
+Precision = Literal["fp32", "bf16", "int8"]
+
+#: Frames between detections on a video or webcam when ``detect_every`` is not given (detector=whole: 1).
+DEFAULT_DETECT_EVERY = 5
 
 
 class PredictError(RuntimeError):
@@ -96,6 +127,19 @@ class SmoothingConfig:
     beta: float = option(5.0, help="One Euro filter: speed coefficient")
     d_cutoff: float = option(1.0, help="One Euro filter: cutoff of the speed estimate (Hz)")
     min_iou: float = option(0.3, help="a face in the next frame continues a track at this box IoU")
+
+
+@dataclass
+class TrackingConfig:
+    """How a video face's crop box is carried between detections (``detect_every`` > 1)."""
+
+    scale: float = option(
+        1.1, help="tracked crop box = the landmarks' box x this (the training crops' rule: 300W 1.1)"
+    )
+    min_score: float = option(0.3, help="a tracked face with a lower mean landmark score is lost: re-detect")
+    min_inside: float = option(
+        0.5, help="a tracked face with a smaller fraction of its landmarks in the frame is lost: re-detect"
+    )
 
 
 @dataclass
@@ -117,11 +161,27 @@ class PredictConfig:
     ckpt: str = option(help="a pipnet-lit checkpoint (training's *.ckpt, or pipnet_lit.convert's output)")
     input: str = option(help="an image, a folder of images, a video file, or a webcam index (0, 1, ...)")
     output: str = option("predictions", help="output folder (not the input folder)")
+    model: str | None = option(
+        None, help="an exported model (.pt / .onnx / .xml from pipnet_lit.export) to run instead of ckpt's"
+    )
+    backend: Backend | None = option(
+        None,
+        metavar="NAME",
+        help="eager, torchscript, onnxruntime or openvino (null: eager, or model='s by its suffix)",
+    )
+    precision: Precision = option("fp32", help="fp32, bf16 (eager, openvino) or int8 (an int8 export)")
+    threads: int | None = option(
+        None, help="intra-op threads of the backend (eager / torchscript: torch's) (null: its default)"
+    )
     detector: str = option("haar", help="haar, mtcnn, whole, or a class path pkg.module:Class")
     detector_args: dict[str, Any] = option(
         {}, help="the detector's arguments, e.g. detector_args.angles=[-20,0,20]"
     )
     crop: dict[str, float] | None = option(None, help="the detector box -> crop rule, e.g. crop.scale_x=1.2")
+    detect_every: int | None = option(
+        None, help="video: detect every N frames, track faces between (null: 5; 1 with detector=whole)"
+    )
+    tracking: TrackingConfig = option(default_factory=TrackingConfig, help="tracking settings")
     scheme: str | None = option(None, help="landmark scheme (ibug68, wflw98, ... or a YAML path) to draw")
     batch_size: int = option(32, help="faces per forward pass")
     device: str = option("auto", help="auto, cpu or cuda")
@@ -131,11 +191,12 @@ class PredictConfig:
     save_images: bool = option(True, help="write annotated images / video (false: JSON only)")
     max_frames: int | None = option(None, help="stop a video or webcam after this many frames")
     max_pixels: int | None = option(
-        DEFAULT_MAX_PIXELS, help="refuse images / video frames of more pixels than this (0 or null: no limit)"
+        _DEFAULT_MAX_PIXELS,
+        help="refuse images / video frames of more pixels than this (0 or null: no limit)",
     )
     max_failed_frames: int = option(10, help="stop a video or webcam after this many failed reads in a row")
     fps: float | None = option(None, help="frame rate for inputs that do not report one")
-    progress: bool = option(True, help="show a progress bar")
+    progress: bool = option(True, help="show a progress bar and the items per second of each stage")
 
 
 COMMAND = Command(PredictConfig, prog="python -m pipnet_lit.predict", doc=__doc__, style="key=value")
@@ -143,7 +204,8 @@ COMMAND = Command(PredictConfig, prog="python -m pipnet_lit.predict", doc=__doc_
 
 @dataclass
 class PredictSummary:
-    """What a run did: the JSON file, the annotated files, and the counts of faces and skipped inputs."""
+    """What a run did: the JSON file, the annotated files, the counts of faces and skipped inputs, where the
+    video boxes came from (``boxes``: detector / tracking frames, lost tracks) and the ``timing`` entry."""
 
     kind: str
     json_path: Path
@@ -155,6 +217,9 @@ class PredictSummary:
     no_face: list[str] = field(default_factory=list)
     max_pixels: int | None = None
     stopped: str | None = None
+    boxes: dict[str, int] | None = None
+    timing: dict[str, Any] | None = None
+    show_timing: bool = False
 
     def message(self) -> str:
         unit = "frames" if self.kind in ("video", "webcam") else "images"
@@ -173,6 +238,17 @@ class PredictSummary:
             text += f"\nno face found in {len(self.no_face)} {what}: {_shown(self.no_face)}"
         if self.stopped:
             text += f"\n{self.stopped}"
+        if self.boxes and self.boxes["tracking"]:
+            text += (
+                f"\nboxes: detector on {self.boxes['detector']} frame(s), tracked on "
+                f"{self.boxes['tracking']} ({self.boxes['lost']} lost track(s) re-detected)"
+            )
+        if self.show_timing and self.timing:
+            rates = ", ".join(f"{k} {v:.1f}" for k, v in self.timing["per_second"].items())
+            text += (
+                f"\n{self.timing['unit']}/s per stage: {rates}; end to end "
+                f"{self.timing['end_to_end_per_second']:.1f}"
+            )
         return text
 
 
@@ -189,6 +265,22 @@ def parse_config(argv: Sequence[str]) -> PredictConfig:
     return COMMAND.parse(argv)
 
 
+def _check_numbers(cfg: PredictConfig) -> None:
+    """Ranges the option types cannot say; ValueError naming the option."""
+    if cfg.max_pixels is not None and cfg.max_pixels < 0:
+        raise ValueError(f"max_pixels must be >= 0 (0 or null: no limit), got {cfg.max_pixels}")
+    if cfg.max_failed_frames < 1:
+        raise ValueError(f"max_failed_frames must be >= 1, got {cfg.max_failed_frames}")
+    if cfg.detect_every is not None and cfg.detect_every < 1:
+        raise ValueError(f"detect_every must be >= 1 (1: detect every frame), got {cfg.detect_every}")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise ValueError(f"threads must be >= 1 (null: every core), got {cfg.threads}")
+    if not cfg.tracking.scale > 0:
+        raise ValueError(f"tracking.scale must be > 0, got {cfg.tracking.scale}")
+    if not 0 <= cfg.tracking.min_inside <= 1:
+        raise ValueError(f"tracking.min_inside must be within [0, 1], got {cfg.tracking.min_inside}")
+
+
 # -- drawing ---------------------------------------------------------------------------------------------
 
 
@@ -199,6 +291,8 @@ def draw_faces(
     groups: dict[str, tuple[int, int]] | None,
 ) -> np.ndarray:
     """A copy of the BGR image with each face's crop box, landmark points and group polylines."""
+    import cv2
+
     out = image.copy()
     shift = 4  # sub-pixel drawing: coordinates in 1/16 px
     one = 1 << shift
@@ -225,6 +319,172 @@ def draw_faces(
     return out
 
 
+# -- the network, whatever runs it -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LandmarkModel:
+    """What the image and frame loops need of the network, whatever backend runs it.
+
+    ``crops((N, S, S, 3) uint8 BGR) -> (landmarks (N, L, 2) float64 crop fractions, scores (N, L))``: the
+    crops are normalized by `pipnet_lit.inference.preprocess` (the eager path's own) for every backend.
+    ``info``: backend, precision and exported file, for the JSON header.
+    """
+
+    input_size: int
+    num_landmarks: int
+    crops: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+    info: dict[str, Any]
+
+
+def _backend_and_file(cfg: PredictConfig) -> tuple[str, Path | None]:
+    """The backend to run and the exported file (None: the checkpoint's network); PredictError when the
+    two options do not fit together."""
+    from pipnet_lit.runtime import BACKEND_BY_SUFFIX
+
+    if cfg.model is None:
+        if cfg.backend in (None, "eager"):
+            return "eager", None
+        suffix = next(s for s, b in BACKEND_BY_SUFFIX.items() if b == cfg.backend)
+        fmt = "onnx" if cfg.backend == "onnxruntime" else cfg.backend
+        raise PredictError(
+            f"backend={cfg.backend} runs an exported model: add model=<file>{suffix} (make one with "
+            f"`python -m pipnet_lit.export ckpt={cfg.ckpt} format={fmt}`), or use backend=eager"
+        )
+    path = Path(cfg.model)
+    by_suffix = BACKEND_BY_SUFFIX.get(path.suffix.lower())
+    exported = {s: b for s, b in BACKEND_BY_SUFFIX.items() if b != "eager"}
+    if by_suffix == "eager":
+        raise PredictError(
+            f"model={cfg.model} is a checkpoint: pass it as ckpt= (model= is an exported file)"
+        )
+    if by_suffix is None:
+        known = ", ".join(f"{s} ({b})" for s, b in exported.items())
+        raise PredictError(
+            f"model={cfg.model}: cannot tell its backend from the suffix; exported files: {known}"
+        )
+    if cfg.backend == "eager":
+        raise PredictError(
+            f"model={cfg.model} is an exported {by_suffix} model, but backend=eager runs the checkpoint's "
+            f"network: pass backend={by_suffix} (or leave backend out), or drop model="
+        )
+    if cfg.backend is not None and cfg.backend != by_suffix:
+        suffixes = "/".join(s for s, b in exported.items() if b == cfg.backend)
+        raise PredictError(
+            f"model={cfg.model} is a {by_suffix} model (suffix {path.suffix}), not one for backend="
+            f"{cfg.backend}: pass backend={by_suffix}, or a {suffixes} file for backend={cfg.backend}"
+        )
+    if not path.is_file():
+        raise PredictError(f"model={cfg.model} does not exist (an exported {by_suffix} model)")
+    return by_suffix, path
+
+
+def _check_precision(cfg: PredictConfig, backend: str, device: str) -> None:
+    from pipnet_lit.runtime import PRECISIONS, supports_bf16
+
+    if cfg.precision not in PRECISIONS[backend]:
+        hint = " (int8 runs an int8 export: onnxruntime or openvino)" if cfg.precision == "int8" else ""
+        raise PredictError(
+            f"precision={cfg.precision} is not available with backend={backend}: choose "
+            f"{' or '.join(PRECISIONS[backend])}{hint}"
+        )
+    if cfg.precision == "bf16" and not supports_bf16(backend, device):
+        raise PredictError(
+            f"precision=bf16: {backend} has no native bf16 on this {device.upper()} (it would run emulated "
+            "or in f32); use precision=fp32"
+        )
+
+
+def _check_export(runtime: Runtime, settings: dict[str, Any], model: Path, ckpt: str) -> None:
+    """The exported file's metadata against the checkpoint's network settings; PredictError on a mismatch."""
+    keys = ("input_size", "num_landmarks", "num_nb", "net_stride", "backbone", "merge")
+    missing = [k for k in keys if k not in runtime.metadata]
+    if missing:
+        raise PredictError(
+            f"model={model} carries no {', '.join(missing)} in its metadata: export it with "
+            f"`python -m pipnet_lit.export ckpt={ckpt}`"
+        )
+    differ = [
+        f"{k} {runtime.metadata[k]!r} vs {settings[k]!r}" for k in keys if runtime.metadata[k] != settings[k]
+    ]
+    if differ:
+        raise PredictError(
+            f"model={model} does not match ckpt={ckpt} (model vs checkpoint: {'; '.join(differ)}): export "
+            f"it from this checkpoint with `python -m pipnet_lit.export ckpt={ckpt}`"
+        )
+
+
+def _runtime_crops(runtime: Runtime, batch_size: int, device: str | None) -> Callable:
+    from pipnet_lit.inference import preprocess
+
+    num = runtime.num_landmarks or 0
+
+    def crops(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        landmarks, scores = [], []
+        for start in range(0, len(batch), batch_size):
+            out = runtime.run(preprocess(batch[start : start + batch_size], device))
+            landmarks.append(out[0].float().cpu().numpy())
+            scores.append(out[1].float().cpu().numpy())
+        if not landmarks:
+            return np.zeros((0, num, 2)), np.zeros((0, num), np.float32)
+        return np.concatenate(landmarks).astype(np.float64), np.concatenate(scores)
+
+    return crops
+
+
+def load_landmark_model(cfg: PredictConfig, device: str, num_landmarks: int | None = None) -> LandmarkModel:
+    """The network of ``cfg``: the checkpoint's (eager, fp32 or bf16) or the exported ``model=`` file
+    (checked against the checkpoint's settings), as one `LandmarkModel`. ``num_landmarks``: the scheme's."""
+    from pipnet_lit.checkpoints import read_checkpoint
+    from pipnet_lit.runtime import load_runtime
+
+    backend, path = _backend_and_file(cfg)
+    if backend in ("onnxruntime", "openvino"):
+        if cfg.device not in ("auto", "cpu"):
+            raise PredictError(f"backend={backend} runs on the CPU: use device=cpu (or auto)")
+        device = "cpu"
+    _check_precision(cfg, backend, device)
+    info = {"backend": backend, "precision": cfg.precision, "model": str(path) if path else None}
+    if cfg.threads and backend in ("eager", "torchscript"):
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+    if backend == "eager" and cfg.precision == "fp32":  # the predictor's own path, as without backend=
+        from pipnet_lit.inference import Predictor
+
+        predictor = Predictor.from_checkpoint(
+            cfg.ckpt, device=device, num_landmarks=num_landmarks, batch_size=cfg.batch_size
+        )
+
+        def crops(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            pred = predictor.crops(batch)
+            return pred.landmarks.numpy().astype(np.float64), pred.scores.numpy()
+
+        return LandmarkModel(predictor.input_size, predictor.num_landmarks, crops, info)
+    ckpt = read_checkpoint(cfg.ckpt, num_landmarks=num_landmarks)
+    if path is None:  # eager bf16: autocast, channels-last (`pipnet_lit.runtime.EagerRuntime`)
+        runtime = load_runtime(ckpt.graph(), "eager", cfg.precision, device)
+    else:
+        # the file's own precision first (fp32 or int8), then checked against the option's; bf16 asks for it
+        wanted = "bf16" if cfg.precision == "bf16" else None
+        try:
+            runtime = load_runtime(path, backend, wanted, device, num_threads=cfg.threads)
+        except ValueError as err:
+            raise PredictError(f"model={path}: {err}") from None
+        if runtime.precision == "int8" and cfg.precision != "int8":
+            raise PredictError(f"model={path} is an int8 export: run it with precision=int8")
+        if cfg.precision == "int8" and runtime.precision != "int8":
+            fmt = "onnx" if backend == "onnxruntime" else backend
+            raise PredictError(
+                f"model={path} is an {runtime.precision} export; precision=int8 needs an int8 one: "
+                f"`python -m pipnet_lit.export ckpt={cfg.ckpt} format={fmt} quantize=int8 calibrate=...`"
+            )
+        _check_export(runtime, {**ckpt.settings, "merge": ckpt.merge}, path, cfg.ckpt)
+    on_device = device if backend in ("eager", "torchscript") else None
+    size, num = int(runtime.metadata["input_size"]), int(runtime.metadata["num_landmarks"])
+    return LandmarkModel(size, num, _runtime_crops(runtime, cfg.batch_size, on_device), info)
+
+
 # -- the run ---------------------------------------------------------------------------------------------
 
 
@@ -232,13 +492,112 @@ def _round(values: np.ndarray, decimals: int) -> list:
     return np.round(np.asarray(values, dtype=np.float64), decimals).tolist()
 
 
+class _StageTimer:
+    """Seconds per stage (``time.perf_counter``) of a run, and the ``timing`` entry made of them: per stage
+    its seconds, its calls, and ``per_second`` = items (images / frames) / its seconds, what the run would
+    reach if that stage were all it did (so ``detect`` counts every frame, detected or tracked); the
+    ``total_seconds`` and ``end_to_end_per_second`` of the loop over the input; ``setup_seconds`` before it
+    (imports, model, detector)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+        self.start = time.perf_counter()
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+            self.calls[stage] = self.calls.get(stage, 0) + 1
+
+    def restart(self) -> None:
+        self.seconds.clear()
+        self.calls.clear()
+        self.start = time.perf_counter()
+
+    def report(self, count: int, unit: str, setup_seconds: float) -> dict[str, Any]:
+        total = time.perf_counter() - self.start
+        return {
+            "unit": unit,
+            "count": count,
+            "setup_seconds": round(setup_seconds, 4),
+            "total_seconds": round(total, 4),
+            "seconds": {k: round(v, 5) for k, v in self.seconds.items()},
+            "calls": dict(self.calls),
+            "per_second": {k: round(count / v, 2) if v > 0 else None for k, v in self.seconds.items()},
+            "end_to_end_per_second": round(count / total, 2) if total > 0 else None,
+        }
+
+
+@dataclass
+class _Boxes:
+    """The faces to crop in one image: their boxes (detector boxes, or boxes carried by tracking), scores,
+    and crop boxes (N, 4) ``xyxy``."""
+
+    boxes_xyxy: np.ndarray
+    scores: np.ndarray
+    crop_boxes: np.ndarray
+
+
+def _detect(detector: FaceDetector, image: np.ndarray) -> _Boxes:
+    """The detector's faces and their crop boxes; a crop box that misses the image entirely is no face
+    (`crop_faces` refuses it)."""
+    detections = detector.detect(image)
+    boxes, scores = detections.boxes_xyxy, detections.scores
+    crop_boxes = detector.crop_rule.apply(boxes)
+    h, w = image.shape[:2]
+    inside = (np.trunc(np.minimum(crop_boxes[:, 2], w)) > np.trunc(np.maximum(crop_boxes[:, 0], 0))) & (
+        np.trunc(np.minimum(crop_boxes[:, 3], h)) > np.trunc(np.maximum(crop_boxes[:, 1], 0))
+    )
+    if not inside.all():
+        boxes, scores, crop_boxes = boxes[inside], scores[inside], crop_boxes[inside]
+    return _Boxes(np.asarray(boxes, np.float64), np.asarray(scores, np.float64), crop_boxes)
+
+
 @dataclass
 class _Pending:
     key: Any
     image: np.ndarray
-    detections: Any
-    crop_boxes: np.ndarray
+    boxes: _Boxes
+    crop_boxes: np.ndarray  # the integer boxes actually cropped
     crops: np.ndarray
+
+
+def _faces(model: LandmarkModel, pending: list[_Pending]) -> list[list[dict[str, Any]]]:
+    """Landmarks of every pending image's crops in one call of the model; each image's faces."""
+    from pipnet_lit.inference import uncrop
+
+    if not pending:
+        return []
+    norm, scores = model.crops(np.concatenate([p.crops for p in pending]))
+    out, start = [], 0
+    for p in pending:
+        stop = start + len(p.crop_boxes)
+        pixels = uncrop(norm[start:stop], p.crop_boxes)
+        out.append(
+            [
+                {
+                    "box": p.boxes.boxes_xyxy[i],
+                    "score": float(p.boxes.scores[i]),
+                    "crop_box": p.crop_boxes[i],
+                    "landmarks": pixels[i],
+                    "landmark_scores": scores[start + i],
+                }
+                for i in range(stop - start)
+            ]
+        )
+        start = stop
+    return out
+
+
+def _pending(model: LandmarkModel, key: Any, image: np.ndarray, boxes: _Boxes) -> _Pending:
+    from pipnet_lit.inference import crop_faces
+
+    crops, frames = crop_faces(image, boxes.crop_boxes, model.input_size)
+    return _Pending(key, image, boxes, frames, crops)
 
 
 class _FaceBatcher:
@@ -246,33 +605,23 @@ class _FaceBatcher:
 
     def __init__(
         self,
-        predictor: Predictor,
+        model: LandmarkModel,
         detector: FaceDetector,
         batch_size: int,
+        timer: _StageTimer,
         on_done: Callable[[Any, np.ndarray, list[dict[str, Any]]], None],
     ) -> None:
-        self.predictor, self.detector, self.batch_size, self.on_done = (
-            predictor,
-            detector,
-            batch_size,
-            on_done,
-        )
+        self.model, self.detector, self.batch_size = model, detector, batch_size
+        self.timer, self.on_done = timer, on_done
         self.pending: list[_Pending] = []
         self.num_faces = 0
 
     def add(self, key: Any, image: np.ndarray) -> None:
-        detections = self.detector.detect(image)
-        crop_boxes = self.detector.crop_rule.apply(detections.boxes_xyxy)
-        h, w = image.shape[:2]  # a crop box that misses the image entirely is no face (crop_faces refuses it)
-        inside = (np.trunc(np.minimum(crop_boxes[:, 2], w)) > np.trunc(np.maximum(crop_boxes[:, 0], 0))) & (
-            np.trunc(np.minimum(crop_boxes[:, 3], h)) > np.trunc(np.maximum(crop_boxes[:, 1], 0))
-        )
-        if not inside.all():
-            detections = Detections(detections.boxes_xyxy[inside], detections.scores[inside])
-            crop_boxes = crop_boxes[inside]
-        crops, frames = crop_faces(image, crop_boxes, self.predictor.input_size)
-        self.pending.append(_Pending(key, image, detections, frames, crops))
-        self.num_faces += len(frames)
+        with self.timer("detect"):
+            boxes = _detect(self.detector, image)
+        with self.timer("landmarks"):
+            self.pending.append(_pending(self.model, key, image, boxes))
+        self.num_faces += len(boxes.crop_boxes)
         if self.num_faces >= self.batch_size or len(self.pending) >= self.batch_size:
             self.flush()
 
@@ -280,26 +629,61 @@ class _FaceBatcher:
         if not self.pending:
             return
         pending, self.pending, self.num_faces = self.pending, [], 0
-        crops = np.concatenate([p.crops for p in pending])
-        pred = self.predictor.crops(crops)
-        norm = pred.landmarks.numpy().astype(np.float64)
-        scores = pred.scores.numpy()
-        start = 0
-        for p in pending:
-            stop = start + len(p.crop_boxes)
-            pixels = uncrop(norm[start:stop], p.crop_boxes)
-            faces = [
-                {
-                    "box": p.detections.boxes_xyxy[i],
-                    "score": float(p.detections.scores[i]),
-                    "crop_box": p.crop_boxes[i],
-                    "landmarks": pixels[i],
-                    "landmark_scores": scores[start + i],
-                }
-                for i in range(stop - start)
-            ]
-            start = stop
-            self.on_done(p.key, p.image, faces)
+        with self.timer("landmarks"):
+            faces = _faces(self.model, pending)
+        for p, found in zip(pending, faces, strict=True):
+            self.on_done(p.key, p.image, found)
+
+
+class _Tracker:
+    """Crop boxes of a video's faces between detections: each face's box carried from its landmarks in the
+    previous frame with the training crop's rule (`pipnet_lit.datasets.geometry.box_from_points_300w`: the
+    landmarks' box x ``scale``, clamped to the frame).
+
+    The detector is due on the first frame, every ``every`` frames after a detection, and whenever the last
+    frame had no face. A tracked face is lost when its mean landmark score is below ``min_score``, fewer
+    than ``min_inside`` of its landmarks lie in the frame, or its carried box is empty.
+    """
+
+    def __init__(self, every: int, settings: TrackingConfig) -> None:
+        self.every, self.settings = every, settings
+        self.faces: list[dict[str, Any]] = []
+        self.since = 0  # frames since the last detection, that one included
+        self.counts = {"detector": 0, "tracking": 0, "lost": 0}
+
+    def carried(self, width: int, height: int) -> _Boxes | None:
+        """The crop boxes of the last frame's faces, or None when the detector is due (or a box is empty)."""
+        from pipnet_lit.datasets.geometry import box_from_points_300w
+
+        if not self.faces or self.since >= self.every:
+            return None
+        boxes = []
+        for face in self.faces:
+            try:
+                box = box_from_points_300w(face["landmarks"], width, height, self.settings.scale)
+            except ValueError:  # non-finite landmarks
+                return None
+            if box.x1 - box.x0 < 2 or box.y1 - box.y0 < 2:
+                return None
+            boxes.append((box.x0, box.y0, box.x1, box.y1))
+        carried = np.asarray(boxes, dtype=np.float64)
+        return _Boxes(carried, np.array([f["score"] for f in self.faces], np.float64), carried.copy())
+
+    def lost(self, faces: list[dict[str, Any]], width: int, height: int) -> bool:
+        for face in faces:
+            if float(np.mean(face["landmark_scores"])) < self.settings.min_score:
+                return True
+            pts = np.asarray(face["landmarks"])
+            inside = (pts[:, 0] >= 0) & (pts[:, 0] < width) & (pts[:, 1] >= 0) & (pts[:, 1] < height)
+            if float(inside.mean()) < self.settings.min_inside:
+                return True
+        return False
+
+    def update(self, faces: list[dict[str, Any]], detected: bool) -> None:
+        """Keep this frame's faces (their raw landmarks) for the next frame's boxes."""
+        self.faces = [{"landmarks": f["landmarks"], "score": f["score"]} for f in faces]
+        self.since = 1 if detected else self.since + 1
+        self.counts["detector" if detected else "tracking"] += 1
 
 
 def _face_json(face: dict[str, Any]) -> dict[str, Any]:
@@ -341,22 +725,19 @@ def _check_output(output: Path, inputs: Sequence[Path]) -> None:
 
 def predict(cfg: PredictConfig) -> PredictSummary:
     """Run the CLI's job; raises `PredictError` (or ValueError / FileNotFoundError) with a message."""
-    if cfg.max_pixels is not None and cfg.max_pixels < 0:
-        raise ValueError(f"max_pixels must be >= 0 (0 or null: no limit), got {cfg.max_pixels}")
-    if cfg.max_failed_frames < 1:
-        raise ValueError(f"max_failed_frames must be >= 1, got {cfg.max_failed_frames}")
+    _check_numbers(cfg)
+    timer = _StageTimer()
+    import torch
+
+    from pipnet_lit.detect import build_detector
+
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     scheme = None
     if cfg.scheme:
         from pipnet_lit.datasets.meta import load_landmark_scheme
 
         scheme = load_landmark_scheme(cfg.scheme)
-    predictor = Predictor.from_checkpoint(
-        cfg.ckpt,
-        device=device,
-        num_landmarks=scheme.num_landmarks if scheme else None,
-        batch_size=cfg.batch_size,
-    )
+    model = load_landmark_model(cfg, device, scheme.num_landmarks if scheme else None)
     detector_args = dict(cfg.detector_args)
     if cfg.detector == "mtcnn":
         detector_args.setdefault("device", device)
@@ -365,28 +746,39 @@ def predict(cfg: PredictConfig) -> PredictSummary:
     output = Path(cfg.output)
     header = {
         "checkpoint": str(cfg.ckpt),
+        **model.info,
         "input": str(cfg.input),
         "kind": kind,
         "detector": cfg.detector,
         "crop_rule": asdict(detector.crop_rule) if is_dataclass(detector.crop_rule) else None,
-        "num_landmarks": predictor.num_landmarks,
+        "num_landmarks": model.num_landmarks,
         "coordinates": "image pixels (x, y), in the training annotations' convention",
     }
     groups = scheme.groups if scheme else None
+    setup = time.perf_counter() - timer.start
     if kind in ("image", "folder"):
-        return _run_images(cfg, kind, predictor, detector, output, header, groups)
-    return _run_video(cfg, kind, predictor, detector, output, header, groups)
+        summary = _run_images(cfg, kind, model, detector, output, header, groups, timer, setup)
+    else:
+        summary = _run_video(cfg, kind, model, detector, output, header, groups, timer, setup)
+    summary.show_timing = cfg.progress
+    return summary
 
 
 def _run_images(
     cfg: PredictConfig,
     kind: str,
-    predictor: Predictor,
+    model: LandmarkModel,
     detector: FaceDetector,
     output: Path,
     header: dict[str, Any],
     groups: dict[str, tuple[int, int]] | None,
+    timer: _StageTimer,
+    setup: float,
 ) -> PredictSummary:
+    import cv2
+
+    from pipnet_lit.inference import ImageReadError, ImageTooLargeError, load_image
+
     source = Path(cfg.input)
     if kind == "image":
         files, root = [source], source.parent
@@ -426,21 +818,25 @@ def _run_images(
             if target.resolve() == (root / rel).resolve():
                 raise PredictError(f"output={output} would overwrite the input {root / rel}: choose another")
             target.parent.mkdir(parents=True, exist_ok=True)
-            annotated = draw_faces(image, faces, cfg.draw, groups)
-            ok, encoded = cv2.imencode(target.suffix if target.suffix else ".png", annotated)
-            if not ok:
-                target = target.with_suffix(".png")
-                ok, encoded = cv2.imencode(".png", annotated)
-            encoded.tofile(str(target))
+            with timer("draw"):
+                annotated = draw_faces(image, faces, cfg.draw, groups)
+            with timer("encode"):
+                ok, encoded = cv2.imencode(target.suffix if target.suffix else ".png", annotated)
+                if not ok:
+                    target = target.with_suffix(".png")
+                    ok, encoded = cv2.imencode(".png", annotated)
+                encoded.tofile(str(target))
             summary.written.append(target)
 
-    batcher = _FaceBatcher(predictor, detector, cfg.batch_size, done)
+    batcher = _FaceBatcher(model, detector, cfg.batch_size, timer, done)
+    timer.restart()
     with _progress(cfg.progress and kind == "folder") as progress:
         task = progress.add_task("faces", total=len(files))
         for path in files:
             rel = path.relative_to(root).as_posix()
             try:
-                image = load_image(path, max_pixels=cfg.max_pixels)
+                with timer("decode"):
+                    image = load_image(path, max_pixels=cfg.max_pixels)
             except ImageReadError as err:
                 if kind == "image":
                     raise PredictError(str(err)) from None
@@ -449,8 +845,11 @@ def _run_images(
                 batcher.add(rel, image)
             progress.advance(task)
         batcher.flush()
+    summary.timing = timer.report(summary.processed, "images", setup)
     skipped = {"unreadable": summary.unreadable, "too_large": summary.too_large, "no_face": summary.no_face}
-    _write_json(summary.json_path, {**header, "images": records, "skipped": skipped})
+    _write_json(
+        summary.json_path, {**header, "images": records, "skipped": skipped, "timing": summary.timing}
+    )
     return summary
 
 
@@ -480,6 +879,8 @@ class _FrameReader:
         self.stopped: str | None = None
 
     def _read(self) -> np.ndarray | None:
+        import cv2
+
         try:
             ok, frame = self.capture.read()
         except cv2.error:  # a decoder error surfaced as an exception: a damaged frame, like ok=False
@@ -519,15 +920,32 @@ class _FrameReader:
             self.failed += run  # failed reads below the reported count (a truncated or damaged tail)
 
 
+def _timed(frames: Iterator[tuple[int, np.ndarray]], timer: _StageTimer) -> Iterator[tuple[int, np.ndarray]]:
+    """The frames, with the time spent reading (decoding) each one counted as ``decode``."""
+    iterator = iter(frames)
+    while True:
+        with timer("decode"):
+            item = next(iterator, None)
+        if item is None:
+            return
+        yield item
+
+
 def _run_video(
     cfg: PredictConfig,
     kind: str,
-    predictor: Predictor,
+    model: LandmarkModel,
     detector: FaceDetector,
     output: Path,
     header: dict[str, Any],
     groups: dict[str, tuple[int, int]] | None,
+    timer: _StageTimer,
+    setup: float,
 ) -> PredictSummary:
+    import cv2
+
+    from pipnet_lit.smoothing import LandmarkSmoother
+
     if kind == "webcam":
         capture, name, label = (
             cv2.VideoCapture(int(cfg.input)),
@@ -541,6 +959,8 @@ def _run_video(
             f"cannot open {label}: OpenCV could not read it (not a video, an unsupported codec, or no such "
             "camera)"
         )
+    every = cfg.detect_every or (1 if cfg.detector == "whole" else DEFAULT_DETECT_EVERY)
+    tracker = _Tracker(every, cfg.tracking) if every > 1 else None
     try:
         width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
         height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
@@ -565,6 +985,7 @@ def _run_video(
         writer = None
         frames: list[dict[str, Any]] = []
         smoother = LandmarkSmoother(**asdict(cfg.smoothing)) if cfg.smooth else None
+        sources: dict[int, tuple[str, bool]] = {}  # frame -> (boxes_from, tracking lost), when tracking
 
         def done(index: int, frame: np.ndarray, faces: list[dict[str, Any]]) -> None:
             nonlocal writer
@@ -572,35 +993,75 @@ def _run_video(
             summary.faces += len(faces)
             time = index / fps
             if smoother is not None:
-                boxes = np.array([f["crop_box"] for f in faces]).reshape(-1, 4)
-                raw = np.array([f["landmarks"] for f in faces]).reshape(len(faces), -1, 2)
-                smoothed = smoother(time, boxes, raw)
-                for face, lms in zip(faces, smoothed, strict=True):
-                    face["landmarks_raw"], face["landmarks"] = face["landmarks"], lms
+                with timer("smooth"):
+                    boxes = np.array([f["crop_box"] for f in faces]).reshape(-1, 4)
+                    raw = np.array([f["landmarks"] for f in faces]).reshape(len(faces), -1, 2)
+                    smoothed = smoother(time, boxes, raw)
+                    for face, lms in zip(faces, smoothed, strict=True):
+                        face["landmarks_raw"], face["landmarks"] = face["landmarks"], lms
             if not faces:
                 summary.no_face.append(str(index))
-            frames.append({"frame": index, "time": round(time, 4), "faces": [_face_json(f) for f in faces]})
+            record: dict[str, Any] = {"frame": index, "time": round(time, 4)}
+            boxes_from, lost = sources.pop(index, ("detector", False))
+            record["boxes_from"] = boxes_from
+            if lost:
+                record["tracking_lost"] = True
+            frames.append({**record, "faces": [_face_json(f) for f in faces]})
             if cfg.save_images:
                 if writer is None:
                     h, w = frame.shape[:2]
                     writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
                     if not writer.isOpened():
                         raise PredictError(f"cannot write the video {target} (OpenCV mp4v writer)")
-                writer.write(draw_faces(frame, faces, cfg.draw, groups))
+                with timer("draw"):
+                    annotated = draw_faces(frame, faces, cfg.draw, groups)
+                with timer("encode"):
+                    writer.write(annotated)
 
-        batcher = _FaceBatcher(predictor, detector, cfg.batch_size, done)
+        def tracked(index: int, frame: np.ndarray) -> None:
+            """One frame with tracking: carried boxes, or the detector when due or when a face is lost."""
+            assert tracker is not None
+            h, w = frame.shape[:2]
+            with timer("track"):
+                carried = tracker.carried(w, h)
+            faces = None
+            if carried is not None:
+                with timer("landmarks"):
+                    (faces,) = _faces(model, [_pending(model, index, frame, carried)])
+                with timer("track"):
+                    lost = tracker.lost(faces, w, h)
+                if lost:
+                    tracker.counts["lost"] += 1
+                    faces = None
+                else:
+                    sources[index] = ("tracking", False)
+            if faces is None:
+                with timer("detect"):
+                    boxes = _detect(detector, frame)
+                with timer("landmarks"):
+                    (faces,) = _faces(model, [_pending(model, index, frame, boxes)])
+                sources[index] = ("detector", carried is not None)
+            tracker.update(faces, detected=sources[index][0] == "detector")
+            done(index, frame, faces)
+
+        batcher = _FaceBatcher(model, detector, cfg.batch_size, timer, done)
+        timer.restart()
         try:
             with _progress(cfg.progress) as progress:
                 task = progress.add_task(label, total=total or None)
-                for index, frame in reader:
-                    batcher.add(index, frame)
+                for index, frame in _timed(reader, timer):
+                    if tracker is None:
+                        batcher.add(index, frame)
+                    else:
+                        tracked(index, frame)
                     progress.advance(task)
                 batcher.flush()
         except KeyboardInterrupt:  # a webcam runs until stopped: keep what was seen
             batcher.flush()
         finally:
             if writer is not None:
-                writer.release()
+                with timer("encode"):
+                    writer.release()
     finally:
         capture.release()
     summary.unreadable = [str(i) for i in reader.failed]
@@ -610,6 +1071,9 @@ def _run_video(
         raise PredictError(f"cannot read any frame from {label}{failed}")
     if writer is not None:
         summary.written.append(target)
+    summary.timing = timer.report(summary.processed, "frames", setup)
+    counts = tracker.counts if tracker else {"detector": summary.processed, "tracking": 0, "lost": 0}
+    summary.boxes = dict(counts)
     video = {
         "fps": fps,
         "width": width,
@@ -618,9 +1082,15 @@ def _run_video(
         "frames_reported": reported or None,
         "stopped": reader.stopped,
     }
-    body = {**header, "video": video, "smoothing": asdict(cfg.smoothing) if cfg.smooth else None}
+    body = {
+        **header,
+        "video": video,
+        "smoothing": asdict(cfg.smoothing) if cfg.smooth else None,
+        "detect_every": every,
+        "tracking": {**asdict(cfg.tracking), "frames": counts} if tracker else None,
+    }
     skipped = {"unreadable": summary.unreadable, "no_face": summary.no_face}
-    _write_json(summary.json_path, {**body, "frames": frames, "skipped": skipped})
+    _write_json(summary.json_path, {**body, "frames": frames, "skipped": skipped, "timing": summary.timing})
     return summary
 
 
@@ -642,7 +1112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         summary = predict(cfg)
-    except (PredictError, ImageReadError, ValueError, FileNotFoundError, ImportError) as err:
+    except (PredictError, ValueError, FileNotFoundError, ImportError) as err:  # ImageReadError: a ValueError
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(summary.message())

@@ -262,3 +262,23 @@ def load_runtime(
     return OpenVinoRuntime(
         model, _precision(backend, precision, metadata.get("precision"), path), metadata, num_threads
     )
+
+
+def supports_bf16(backend: str, device: str = "cpu") -> bool:
+    """Whether ``precision="bf16"`` runs natively for ``backend`` on ``device``.
+
+    eager: a CUDA device with bf16, or a CPU with bf16 instructions (PyTorch's oneDNN check); openvino: the
+    CPU plug-in lists ``BF16`` among its optimization capabilities. Elsewhere bf16 would be emulated (eager:
+    slower than fp32) or silently run in f32 (OpenVINO). False for backends without bf16 (`PRECISIONS`).
+    """
+    if "bf16" not in PRECISIONS.get(backend, ()):
+        return False
+    if backend == "eager":
+        if torch.device(device).type == "cuda":
+            return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        try:
+            return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):  # a private check; a build without it: assume no
+            return False
+    ov = require_module("openvino", "run OpenVINO models", extra="openvino")
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
