@@ -36,6 +36,9 @@ from pipnet_lit.pip import build_neighbors, compute_meanface, decode, encode_tar
 from pipnet_lit.runtime import load_runtime
 from pipnet_lit.synthetic import render_face, sample_face_params
 
+#: one worker builds this module's shared models (its fixtures cost ~25 s each) under `--dist loadgroup`
+pytestmark = pytest.mark.xdist_group("export")
+
 REPO = Path(__file__).parents[1]
 SIZE = 64
 INTER_OCULAR = [[36], [45]]  # ibug68 outer eye corners

@@ -25,7 +25,7 @@ SUBSETS = {"synthetic_full", "synthetic_common", "synthetic_challenge"}
 TRAINERS: dict[str, dict[str, Any]] = {
     "default": {"accelerator": "auto", "devices": 1, "num_nodes": 1},
     "cpu": {"accelerator": "cpu", "devices": 1, "num_nodes": 1},
-    "gpu": {"accelerator": "gpu", "devices": 1, "num_nodes": 1},
+    "gpu": {"accelerator": "gpu", "devices": 1, "num_nodes": 1, "precision": "bf16-mixed"},
     "ddp": {
         "accelerator": "gpu",
         "devices": "auto",
@@ -64,10 +64,12 @@ def test_every_trainer_config_is_listed():
 
 @pytest.mark.parametrize("name", sorted(TRAINERS))
 def test_trainer_config_composes_in_fp32(name, tmp_path):
+    """fp32 everywhere by default, as the paper; the GPU recipe (trainer=gpu) alone is bf16-mixed."""
+    precision = TRAINERS[name].get("precision", "32-true")
     cfg = compose_job("train", [f"trainer={name}"], tmp_path, keep_hydra=True)
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     assert trainer_cfg["_target_"] == "lightning.pytorch.trainer.Trainer"
-    assert trainer_cfg["precision"] == "32-true"  # fp32 everywhere by default, as the paper
+    assert trainer_cfg["precision"] == precision
     assert trainer_cfg["default_root_dir"] == cfg.paths.output_dir
     for key, value in TRAINERS[name].items():
         assert trainer_cfg[key] == value, key
@@ -79,7 +81,7 @@ def test_trainer_config_composes_in_fp32(name, tmp_path):
     trainer = make_trainer(cfg)
     expected_devices = 2 if name == "ddp_sim" else 1
     assert trainer.num_devices == expected_devices and trainer.world_size == expected_devices
-    assert trainer.precision == "32-true"
+    assert trainer.precision == precision
     if name.startswith("ddp"):
         from lightning.pytorch.strategies import DDPStrategy
 
@@ -88,7 +90,12 @@ def test_trainer_config_composes_in_fp32(name, tmp_path):
 
 
 def test_mixed_precision_is_one_flag(tmp_path):
-    cfg = compose_job("train", ["trainer=gpu", "trainer.precision=bf16-mixed"], tmp_path, keep_hydra=True)
+    cfg = compose_job(
+        "train",
+        ["trainer=cpu", "trainer.precision=bf16-mixed", "trainer.accelerator=gpu"],
+        tmp_path,
+        keep_hydra=True,
+    )
     assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.accelerator == "gpu"
     with open_dict(cfg):
         cfg.trainer.accelerator = "cpu"  # Lightning supports bf16 autocast on the CPU as well

@@ -41,6 +41,9 @@ from pipnet_lit.pip import build_neighbors, compute_meanface, encode_targets, pi
 from pipnet_lit.predict import PredictConfig, main, parse_config, predict
 from pipnet_lit.synthetic import render_face, sample_face_params
 
+#: one worker builds this module's shared models (its fixtures cost ~25 s each) under `--dist loadgroup`
+pytestmark = pytest.mark.xdist_group("predict_backends")
+
 SIZE = 64  # model input
 FRAME = 160  # video frames and images, square
 FRAMES = 12
