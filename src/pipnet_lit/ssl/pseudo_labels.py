@@ -31,15 +31,7 @@ def predict_pool(
     Returns the dataset's names, landmarks (N, L, 2) float32, each face's mean winning score (N,) float32
     (its confidence) and the per-landmark winning scores (N, L) float32, in the dataset's order.
     """
-    # a private generator: the pass draws nothing from the global torch generator, so a round trains on the
-    # same random stream whether it made its pseudo-labels or found them made (a resumed round)
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        generator=torch.Generator().manual_seed(0),
-    )
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     landmarks, scores, order = [], [], []
     for batch in loader:
         lms, max_score = predict_fn(batch["image"].to(device))
@@ -76,7 +68,7 @@ def merged_with_scores(module: Any) -> Any:
     model says otherwise), the same one evaluation uses."""
 
     def predict(images: Tensor) -> tuple[Tensor, Tensor]:
-        out = module.predictor.landmarks(images)
+        out = module.graph.landmarks(images)
         return out.landmarks, out.scores
 
     return predict
