@@ -257,6 +257,22 @@ def test_openvino_int8_quantizes_the_network_only(trained, exports, tmp_path):
     _check_int8_close(runtime, trained)
 
 
+def test_onnxruntime_spinning_is_set_on_the_session_and_changes_no_result(exports):
+    path = exports["random"]["onnxruntime"]
+    x = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(4))
+    reference = load_runtime(path, num_threads=1).run(x)
+    for spinning, entry in ((False, "0"), (True, "1")):
+        runtime = load_runtime(path, num_threads=1, spinning=spinning)
+        options = runtime.session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == entry
+        landmarks, scores = runtime.run(x)
+        assert torch.equal(landmarks, reference[0]) and torch.equal(scores, reference[1])
+    # None leaves the session to ONNX Runtime's default: no entry is written
+    options = load_runtime(path, num_threads=1).session.get_session_options()
+    with pytest.raises(RuntimeError, match="does not have configuration"):
+        options.get_session_config_entry("session.intra_op.allow_spinning")
+
+
 # -- runtime errors --------------------------------------------------------------------------------------
 def test_runtime_rejects_bad_input_and_bad_requests(exports, tmp_path):
     runtime = load_runtime(exports["random"]["torchscript"])

@@ -310,6 +310,32 @@ def test_backend_and_precision_errors(trained, exports, tmp_path, capsys, media)
     assert code == 2 and "'fp16' is not one of fp32, bf16, int8" in err
 
 
+def test_predict_turns_onnxruntime_spinning_off_unless_asked(trained, exports, monkeypatch):
+    """Between two landmark calls predict detects, draws and encodes: spinning ONNX Runtime threads would take
+    the cores from that work (README, "Predict"), so predict asks for none unless told."""
+    if "onnxruntime" not in exports:
+        pytest.skip("onnxruntime is not installed")
+    import pipnet_lit.runtime as runtime_module
+    from pipnet_lit.predict import load_landmark_model, parse_config
+
+    sessions = []
+    real = runtime_module.OnnxRuntime.__init__
+
+    def spy(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        sessions.append(self.session)
+
+    monkeypatch.setattr(runtime_module.OnnxRuntime, "__init__", spy)
+    base = [f"ckpt={trained['ckpt']}", "input=unused.png", f"model={exports['onnxruntime']}", "threads=1"]
+    for extra, entry in (([], "0"), (["spinning=true"], "1")):
+        load_landmark_model(parse_config([*base, *extra]), "cpu")
+        options = sessions[-1].get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == entry, extra
+    load_landmark_model(parse_config([*base, "spinning=null"]), "cpu")  # the runtime's own default
+    with pytest.raises(RuntimeError, match="does not have configuration"):
+        sessions[-1].get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+
+
 def test_exported_model_of_another_network_is_refused(trained, tmp_path, capsys, media):
     from pipnet_lit.export import export_torchscript
     from pipnet_lit.landmark_graph import LandmarkGraph

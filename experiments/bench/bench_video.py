@@ -79,6 +79,9 @@ def main() -> None:
     parser.add_argument("--fps", type=float, default=25.0)
     parser.add_argument("--threads", type=int, help="the backend's intra-op threads")
     parser.add_argument(
+        "--spinning", choices=["on", "off"], help="ONNX Runtime's idle-thread spinning (default: predict's)"
+    )
+    parser.add_argument(
         "--min-score",
         type=float,
         help="tracking.min_score (0 for random weights, whose scores would lose every track)",
@@ -107,6 +110,7 @@ def main() -> None:
         options += [f"model={args.model}"] if args.model else []
         options += [f"backend={args.backend}"] if args.backend else []
         options += [f"threads={args.threads}"] if args.threads else []
+        options += [f"spinning={args.spinning == 'on'}"] if args.spinning else []
         options += [f"tracking.min_score={args.min_score}"] if args.min_score is not None else []
         predict(parse_config([*options, f"output={folder / 'warmup'}", f"max_frames={min(frames, 5)}"]))
         summary = predict(parse_config([*options, f"output={folder / 'out'}"]))

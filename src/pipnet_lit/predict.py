@@ -22,6 +22,10 @@ are batched across images and frames (``batch_size``). Options (``key=value``, n
   precision       fp32 (default), bf16 (eager, openvino; on CPUs with bf16 instructions) or int8 (an int8
                   export: onnxruntime, openvino); threads: the backend's intra-op threads (eager and
                   torchscript: torch.set_num_threads, for the whole process)
+  spinning        onnxruntime: whether its idle threads busy-wait for the next call (default false: between
+                  two landmark calls predict detects, draws and encodes, and spinning threads take the cores
+                  from that work: 29 -> 43 frames/s end to end on a video, README "Predict"); true or null
+                  (the runtime's default, on) for a loop that only runs the model
   input           an image, a folder of images (recursive), a video file, or a webcam index (0, 1, ...)
   output          output folder (must not be the input folder)
   detector        haar (default, offline), mtcnn (pip install --no-deps facenet-pytorch), whole, or a
@@ -172,6 +176,11 @@ class PredictConfig:
     precision: Precision = option("fp32", help="fp32, bf16 (eager, openvino) or int8 (an int8 export)")
     threads: int | None = option(
         None, help="intra-op threads of the backend (eager / torchscript: torch's) (null: its default)"
+    )
+    spinning: bool | None = option(
+        False,
+        help="onnxruntime: let its idle threads busy-wait between calls (default false: they would take the "
+        "cores from the detector, drawing and encoding; null: the runtime's own default, on)",
     )
     detector: str = option("haar", help="haar, mtcnn, whole, or a class path pkg.module:Class")
     detector_args: dict[str, Any] = option(
@@ -468,7 +477,9 @@ def load_landmark_model(cfg: PredictConfig, device: str, num_landmarks: int | No
         # the file's own precision first (fp32 or int8), then checked against the option's; bf16 asks for it
         wanted = "bf16" if cfg.precision == "bf16" else None
         try:
-            runtime = load_runtime(path, backend, wanted, device, num_threads=cfg.threads)
+            runtime = load_runtime(
+                path, backend, wanted, device, num_threads=cfg.threads, spinning=cfg.spinning
+            )
         except ValueError as err:
             raise PredictError(f"model={path}: {err}") from None
         if runtime.precision == "int8" and cfg.precision != "int8":

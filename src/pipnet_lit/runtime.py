@@ -145,12 +145,21 @@ class TorchScriptRuntime(Runtime):
 
 class OnnxRuntime(Runtime):
     """An ONNX Runtime session (CPU). int8 files run with `disabled_optimizers=["WeightBiasQuantization"]`:
-    ONNX Runtime's weight/bias re-quantization pass otherwise slows the QDQ model down."""
+    ONNX Runtime's weight/bias re-quantization pass otherwise slows the QDQ model down.
+
+    ``spinning``: whether the intra-op threads busy-wait for work after a call
+    (``session.intra_op.allow_spinning``); None keeps ONNX Runtime's default (on). Spinning threads take
+    the cores from whatever runs next in the process (a face detector, drawing, encoding)."""
 
     backend = "onnxruntime"
 
     def __init__(
-        self, path: Path, precision: str, metadata: dict[str, Any], num_threads: int | None = None
+        self,
+        path: Path,
+        precision: str,
+        metadata: dict[str, Any],
+        num_threads: int | None = None,
+        spinning: bool | None = None,
     ) -> None:
         ort = require_module("onnxruntime", "run ONNX models", extra="onnxruntime")
         super().__init__(precision, metadata)
@@ -159,6 +168,8 @@ class OnnxRuntime(Runtime):
         if num_threads:
             options.intra_op_num_threads = num_threads
             options.inter_op_num_threads = 1
+        if spinning is not None:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         disabled = ["WeightBiasQuantization"] if precision == "int8" else []
         self.session = ort.InferenceSession(
             str(path), options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled
@@ -217,6 +228,7 @@ def load_runtime(
     precision: str | None = None,
     device: str = "cpu",
     num_threads: int | None = None,
+    spinning: bool | None = None,
 ) -> Runtime:
     """Load an exported model (or a checkpoint / `LandmarkGraph` for eager PyTorch) as a callable.
 
@@ -227,6 +239,8 @@ def load_runtime(
         precision: fp32, bf16 or int8 (see `PRECISIONS`); None: the file's own (fp32 for checkpoints).
         device: eager / torchscript only ('cpu', 'cuda'); the other backends run on the CPU.
         num_threads: intra-op threads for ONNX Runtime / OpenVINO (None: their default, every core).
+        spinning: ONNX Runtime only: whether its idle intra-op threads busy-wait between calls (None: its
+            default, on); ignored by the other backends.
     """
     if isinstance(path, LandmarkGraph):
         backend = backend or "eager"
@@ -254,7 +268,11 @@ def load_runtime(
     if backend == "onnxruntime":
         metadata = read_onnx_metadata(path)
         return OnnxRuntime(
-            path, _precision(backend, precision, metadata.get("precision"), path), metadata, num_threads
+            path,
+            _precision(backend, precision, metadata.get("precision"), path),
+            metadata,
+            num_threads,
+            spinning,
         )
     ov = require_module("openvino", "run OpenVINO models", extra="openvino")
     model = ov.Core().read_model(str(path))
