@@ -137,6 +137,22 @@ def test_graph_outputs_are_decode_of_the_network(random_graph):
     assert not torch.equal(own, landmarks)  # the merge moved the points
 
 
+def test_graph_neighbour_tables_follow_the_device_they_are_asked_for():
+    mf = np.random.default_rng(1).uniform(0.1, 0.9, (68, 2))
+    graph = LandmarkGraph(PIPNet("resnet18", 68, 5, 32, input_size=SIZE), mf)
+    reference = build_neighbors(torch.as_tensor(mf), 5)
+    here = graph.neighbors()
+    assert here.indices.device.type == "cpu" and torch.equal(here.indices, reference.indices)
+    moved = graph.neighbors(torch.device("meta"))  # as when Lightning moved the network to a GPU
+    assert all(t.device.type == "meta" for t in (moved.indices, moved.reverse_index1, moved.reverse_index2))
+    assert graph.device.type == "meta" and graph.meanface.device.type == "meta"  # kept there
+    assert graph.meanface_cpu.device.type == "cpu"  # the float64 source never moves
+    other = LandmarkGraph(PIPNet("resnet18", 68, 5, 32, input_size=SIZE), mf)
+    same = other.neighbors("cpu")  # already there: the very tables, not copies
+    assert same.indices is other.nb_indices and same.max_len == reference.max_len
+    assert torch.equal(same.reverse_index1, reference.reverse_index1)
+
+
 def test_graph_rejects_a_mean_face_of_another_landmark_count():
     net = PIPNet("resnet18", 68, 5, 32, input_size=SIZE)
     with pytest.raises(ValueError, match=r"needs \(68, 2\)"):

@@ -102,17 +102,18 @@ class LandmarkGraph(nn.Module):
         """The device of the neighbour tables (they move with the network)."""
         return self.nb_indices.device
 
-    def neighbors(self) -> Neighbors:
-        """The neighbour tables on this module's device."""
+    def neighbors(self, device: torch.device | str | None = None) -> Neighbors:
+        """The neighbour tables; with ``device``, on that device (moved there, and kept there, when they are
+        elsewhere: a network moved without its graph, as Lightning moves a LightningModule's submodules)."""
+        if device is not None and self.nb_indices.device != torch.device(device):
+            for name in ("nb_indices", "reverse_index1", "reverse_index2", "meanface"):
+                setattr(self, name, getattr(self, name).to(device))
         return Neighbors(self.nb_indices, self.reverse_index1, self.reverse_index2, self.max_len)
 
     def decode(self, outputs: PIPOutputs) -> CropPrediction:
         """Head outputs -> landmarks (B, L, 2) crop fractions and scores (B, L), on the outputs' device."""
-        device = outputs[0].device
-        if self.nb_indices.device != device:  # a network moved without its graph (e.g. by Lightning)
-            for name in ("nb_indices", "reverse_index1", "reverse_index2", "meanface"):
-                setattr(self, name, getattr(self, name).to(device))
-        details = decode_details(outputs.float(), self.neighbors())  # bf16 maps (autocast) decode in fp32
+        tables = self.neighbors(outputs[0].device)
+        details = decode_details(outputs.float(), tables)  # bf16 maps (autocast) decode in fp32
         return CropPrediction(details.merged if self.merge else details.own, details.max_score)
 
     def landmarks(self, images: Tensor) -> CropPrediction:

@@ -161,11 +161,9 @@ class PIPNetModule(L.LightningModule):
 
     @property
     def neighbors(self) -> Neighbors:
-        """The mean face's neighbour tables on this module's device."""
-        graph = self.graph
-        if graph.device != self.device:
-            graph.to(self.device)  # the tables follow the network (which Lightning moved already)
-        return graph.neighbors()
+        """The mean face's neighbour tables on this module's device (they follow the network, which Lightning
+        moved already)."""
+        return self.graph.neighbors(self.device)
 
     @property
     def graph(self) -> LandmarkGraph:
