@@ -75,6 +75,7 @@ def tiny_overrides(root: Path, workdir: Path) -> list[str]:
         "data.input_size=64", "data.batch_size=2", "data.eval_batch_size=16", "data.num_workers=0",
         "data.sources.synthetic=null", "model.pretrained=false", "callbacks.rich_progress_bar=null",
         "callbacks.model_summary=null",
+        "trainer.check_val_every_n_epoch=1",  # the demo validates once; these tests watch every epoch
     ]  # fmt: skip
 
 

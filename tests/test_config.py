@@ -60,8 +60,12 @@ def test_default_config_resolves_dataset_facts():
 
 def test_demo_experiment_is_the_cpu_sized_run():
     cfg = compose_job("train", ["+experiment=synthetic"])
-    assert cfg.data.input_size == 128 and cfg.model.net_stride == 16 and cfg.model.pretrained is False
+    assert cfg.data.input_size == 96 and cfg.model.net_stride == 16 and cfg.model.pretrained is False
     assert cfg.trainer.accelerator == "cpu" and cfg.run_name == "synthetic"
+    # one validation, at the end (the last epoch is tested); it follows a changed epoch count
+    assert cfg.trainer.max_epochs == cfg.trainer.check_val_every_n_epoch == 10
+    longer = compose_job("train", ["+experiment=synthetic", "trainer.max_epochs=14"])
+    assert longer.trainer.check_val_every_n_epoch == 14
 
 
 def test_cfg_job_prints_whole_config():
