@@ -22,6 +22,7 @@ import torch
 from hydra_job import compose_job, job_env
 from pipnet_lit.callbacks import (
     CEDPlot,
+    ModelCheckpoint,
     PerImageResults,
     PredictionGrid,
     plot_ced,
@@ -365,6 +366,41 @@ def test_multirun_logs_each_job_to_its_own_wandb_run(synth, tmp_path):
         assert record["summary"]["test/synthetic_full/nme_io"] > 0
     assert len(runs) == 2
     assert sorted(r["config"]["model"]["num_nb"] for r in runs.values()) == [3, 4]
+
+
+# -- last.ckpt after every epoch, validated or not --------------------------------------------------------
+@pytest.mark.parametrize("check_val_every_n_epoch", [1, 3])
+def test_last_checkpoint_is_written_after_every_training_epoch(synth, tmp_path, check_val_every_n_epoch):
+    """The demo validates once, at the end: Lightning alone would then write last.ckpt only after that
+    validation, and a run killed earlier would have nothing to resume from."""
+    seen = []
+
+    class Watch(L.Callback):  # what a kill at the start of each epoch, or after the fit, would leave
+        def _look(self, trainer):
+            path = tmp_path / "ckpt" / "last.ckpt"
+            ckpt = torch.load(path, map_location="cpu", weights_only=True) if path.exists() else {}
+            seen.append((trainer.current_epoch, ckpt.get("global_step")))
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            self._look(trainer)
+
+        def on_fit_end(self, trainer, pl_module):
+            self._look(trainer)
+
+    checkpoint = ModelCheckpoint(
+        dirpath=tmp_path / "ckpt", filename="epoch_{epoch:03d}", monitor="val/nme", mode="min", save_top_k=1,
+        save_last=True, auto_insert_metric_name=False, enable_version_counter=False,
+    )  # fmt: skip
+    trainer = quiet_trainer(
+        max_epochs=3, limit_train_batches=2, enable_checkpointing=True, callbacks=[checkpoint, Watch()],
+        check_val_every_n_epoch=check_val_every_n_epoch,
+    )  # fmt: skip
+    trainer.fit(make_module(seed=5), datamodule=make_datamodule(synth, tmp_path / "cache"))
+    assert seen == [(0, None), (1, 2), (2, 4), (3, 6)]  # the previous epoch's step (2 batches an epoch)
+    saved = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+    assert len(saved) == 2 and saved[1] == "last.ckpt"  # and the best validated epoch (top 1)
+    if check_val_every_n_epoch == 3:
+        assert saved[0] == "epoch_002.ckpt"  # the only validated epoch
 
 
 # -- eval: one network pass, the predictions CSV unchanged ------------------------------------------------

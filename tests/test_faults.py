@@ -111,7 +111,14 @@ def test_kill_point_kills_at_its_nth_visit_only() -> None:
 # -- a training run, killed at every phase ---------------------------------------------------------------
 
 
-def _train_command(root: Path, run_name: str) -> list[str]:
+def _train_command(root: Path, run_name: str, *, validate_every_epoch: bool = True) -> list[str]:
+    """A tiny `+experiment=synthetic` run of 3 epochs of 4 steps; by default validated every epoch (two
+    checkpoints a validated epoch: more kill points), else as the demo ships (one validation, at the end)."""
+    every = ["trainer.check_val_every_n_epoch=1"] if validate_every_epoch else []
+    return [*_demo_command(root, run_name), *every]
+
+
+def _demo_command(root: Path, run_name: str) -> list[str]:
     return [
         sys.executable, "-m", "pipnet_lit.train", "+experiment=synthetic", f"paths.root_dir={root}",
         f"run_name={run_name}", "ckpt_path=last", f"data.root={root / 'data'}",
@@ -121,7 +128,6 @@ def _train_command(root: Path, run_name: str) -> list[str]:
         "data.sources.synthetic.image_size=80", "data.input_size=64", "data.batch_size=2",
         "data.eval_batch_size=8", "data.num_workers=0", "model.pretrained=false",
         "callbacks.rich_progress_bar=null", "callbacks.model_summary=null", "trainer.max_epochs=3",
-        "trainer.check_val_every_n_epoch=1",  # the demo validates once; here every epoch saves twice
     ]  # fmt: skip
 
 
@@ -171,6 +177,24 @@ def test_training_killed_at_every_phase_ends_as_an_uninterrupted_run(tmp_path: P
     failed = _run([*cmd, "trainer.max_epochs=4"], tmp_path)
     assert failed.returncode == 1, failed.stderr[-3000:]
     assert "no checkpoint in" in failed.stderr and "run_name=<new name>" in failed.stderr
+
+
+@pytest.mark.slow
+def test_demo_validating_once_resumes_a_run_killed_before_its_last_epoch(tmp_path: Path) -> None:
+    """The demo validates only at the end; every epoch still leaves a last.ckpt to resume from."""
+    reference = _run(_train_command(tmp_path, "reference", validate_every_epoch=False), tmp_path)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    cmd = _train_command(tmp_path, "faulty", validate_every_epoch=False)
+    killed = _run(cmd, tmp_path, "train_batch@10")  # in the third and last epoch, the only validated one
+    assert killed.returncode == KILLED, killed.stderr[-3000:]
+    checkpoints = tmp_path / "outputs" / "train" / "faulty" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["last.ckpt"]  # no validation yet: no top-k file
+    assert torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 8
+    resumed = _run(cmd, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Restoring states from the checkpoint" in resumed.stdout + resumed.stderr
+    expected = json.loads((tmp_path / "outputs" / "train" / "reference" / "test_metrics.json").read_text())
+    assert json.loads((checkpoints.parent / "test_metrics.json").read_text()) == expected  # exactly
 
 
 # -- a self-training chain, killed at every phase --------------------------------------------------------

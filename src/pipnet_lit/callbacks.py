@@ -348,13 +348,15 @@ class ResumableRandomState(L.Callback):
 
 
 class ModelCheckpoint(LightningModelCheckpoint):
-    """Lightning's `ModelCheckpoint`, except that ``save_last=True`` writes ``last.ckpt`` at every
-    checkpointing point (each epoch end), as its name says.
+    """Lightning's `ModelCheckpoint`, except that ``save_last=True`` writes ``last.ckpt`` at the end of every
+    training epoch, validated or not, as its name says.
 
     Since Lightning 2.6, ``save_last=True`` rewrites ``last.ckpt`` only when a top-k checkpoint is saved in
     the same step: with ``monitor=val/nme, save_top_k=1``, an epoch whose validation NME did not improve left
     ``last.ckpt`` at the best epoch, so ``ckpt_path=last`` resumed from an older epoch and ``test_ckpt=last``
-    (the official protocol: the final epoch's model) tested the best one.
+    (the official protocol: the final epoch's model) tested the best one. And with
+    ``check_val_every_n_epoch > 1`` (the demo and the self-training rounds validate once, at the end)
+    Lightning saves only after a validation, so a run killed before its last epoch had nothing to resume from.
     """
 
     def _save_last_every_time(self, trainer: L.Trainer) -> None:
@@ -363,7 +365,8 @@ class ModelCheckpoint(LightningModelCheckpoint):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
-        if not self._should_skip_saving_checkpoint(trainer) and self._should_save_on_train_epoch_end(trainer):
+        # an epoch's validation runs before this hook: when it saved, this step is saved already
+        if not self._should_skip_saving_checkpoint(trainer):
             self._save_last_every_time(trainer)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
