@@ -29,7 +29,7 @@ from pipnet_lit.export import (
     read_onnx_metadata,
 )
 from pipnet_lit.export.command import calibration_crops, default_out, export, main, parse_args
-from pipnet_lit.landmark_graph import LandmarkGraph
+from pipnet_lit.landmark_graph import LandmarkGraph, is_on
 from pipnet_lit.metrics.functional import nme
 from pipnet_lit.models import PIPNet
 from pipnet_lit.pip import build_neighbors, compute_meanface, decode, encode_targets, pip_loss
@@ -149,6 +149,8 @@ def test_graph_neighbour_tables_follow_the_device_they_are_asked_for():
     assert graph.meanface_cpu.device.type == "cpu"  # the float64 source never moves
     other = LandmarkGraph(PIPNet("resnet18", 68, 5, 32, input_size=SIZE), mf)
     same = other.neighbors("cpu")  # already there: the very tables, not copies
+    assert is_on(torch.device("cpu"), "cpu") and not is_on(torch.device("cpu"), "meta")
+    assert is_on(torch.device("cuda", 0), "cuda") and not is_on(torch.device("cuda", 0), "cuda:1")
     assert same.indices is other.nb_indices and same.max_len == reference.max_len
     assert torch.equal(same.reverse_index1, reference.reverse_index1)
 

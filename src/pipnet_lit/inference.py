@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from pipnet_lit.checkpoints import CHECKPOINT_FORMAT, read_checkpoint, write_checkpoint
 from pipnet_lit.datasets.geometry import CropBox, crop_and_resize, denormalize_points
-from pipnet_lit.landmark_graph import CropPrediction, LandmarkGraph
+from pipnet_lit.landmark_graph import CropPrediction, LandmarkGraph, is_on
 from pipnet_lit.models.backbones import IMAGENET_MEAN, IMAGENET_STD
 from pipnet_lit.pip import Neighbors, PIPOutputs
 
@@ -439,11 +439,10 @@ class Predictor:
         return self
 
     def neighbors(self, device: torch.device | str | None = None) -> Neighbors:
-        """The neighbour tables on ``device`` (default: the graph's)."""
+        """The neighbour tables on ``device`` (default: the graph's). Copies when ``device`` is elsewhere:
+        the predictor's own tables stay with its network (``to()`` moves both)."""
         tables = self.graph.neighbors()
-        return (
-            tables if device is None or tables.indices.device == torch.device(device) else tables.to(device)
-        )
+        return tables if device is None or is_on(tables.indices.device, device) else tables.to(device)
 
     # -- prediction --------------------------------------------------------------------------------
     def decode(self, outputs: PIPOutputs) -> CropPrediction:

@@ -32,6 +32,13 @@ class CropPrediction:
     scores: Tensor
 
 
+def is_on(current: torch.device, wanted: torch.device | str) -> bool:
+    """Whether a tensor on ``current`` is on ``wanted``; a device without an index ('cuda') means any of
+    its kind, so tensors on 'cuda:0' are on 'cuda' and need no move."""
+    wanted = torch.device(wanted)
+    return current.type == wanted.type and (wanted.index is None or current.index == wanted.index)
+
+
 class LandmarkGraph(nn.Module):
     """Network + neighbour tables + decode in one traceable module.
 
@@ -105,7 +112,7 @@ class LandmarkGraph(nn.Module):
     def neighbors(self, device: torch.device | str | None = None) -> Neighbors:
         """The neighbour tables; with ``device``, on that device (moved there, and kept there, when they are
         elsewhere: a network moved without its graph, as Lightning moves a LightningModule's submodules)."""
-        if device is not None and self.nb_indices.device != torch.device(device):
+        if device is not None and not is_on(self.nb_indices.device, device):
             for name in ("nb_indices", "reverse_index1", "reverse_index2", "meanface"):
                 setattr(self, name, getattr(self, name).to(device))
         return Neighbors(self.nb_indices, self.reverse_index1, self.reverse_index2, self.max_len)
