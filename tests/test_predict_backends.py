@@ -288,6 +288,8 @@ def test_backend_and_precision_errors(trained, exports, tmp_path, capsys, media)
         ([f"model={tmp_path / 'model.bin'}"], "cannot tell its backend from the suffix"),
         ([f"model={tmp_path / 'none.pt'}"], "none.pt does not exist"),
         ([script, "precision=int8"], "precision=int8 is not available with backend=torchscript"),
+        ([script, "spinning=true"], "spinning=true applies to backend=onnxruntime only"),
+        (["spinning=true"], "applies to backend=onnxruntime only (this run's backend is eager)"),
         (["precision=int8"], "precision=int8 is not available with backend=eager"),
         (["threads=0"], "threads must be >= 1"),
         (["detect_every=0"], "detect_every must be >= 1"),

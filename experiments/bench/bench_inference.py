@@ -13,7 +13,8 @@ On a CUDA machine the GPU paths (eager fp32, bf16 + channels-last) are timed as 
 
 Accuracy: every path's landmarks against eager fp32 on a trained model, on the synthetic test splits: NME
 (the dataset's primary metric), its relative change, and the largest landmark difference (crop units).
-The model is `--ckpt`, else the synthetic demo config trained once into `outputs/bench/inference_synthetic/`
+The model is `--ckpt`, else the synthetic demo config trained once into
+`outputs/bench/inference_synthetic_<input size>px/`
 (reused by later runs; delete the folder to retrain). int8 calibration: `--calib-n` training crops.
 
 Targets (issue 13): fp32 >= 1.4x; int8 >= 4x at batch 1 and >= 5x at batch 16; int8 NME within 1 %
@@ -257,11 +258,23 @@ def bench_gpu(graph: LandmarkGraph, args: argparse.Namespace) -> dict[str, Any]:
 
 
 # -- accuracy on a trained model ----------------------------------------------------------------------
+def demo_input_size(train_overrides: Sequence[str]) -> int:
+    """The input size the demo config trains at (``data.input_size=`` among ``train_overrides`` wins)."""
+    from omegaconf import OmegaConf
+
+    for override in train_overrides:
+        if override.startswith("data.input_size="):
+            return int(override.split("=", 1)[1])
+    return int(OmegaConf.load(REPO / "conf" / "experiment" / "synthetic.yaml").data.input_size)
+
+
 def trained_checkpoint(args: argparse.Namespace) -> Path:
-    """`--ckpt`, or the demo config trained once into outputs/bench/inference_synthetic/ (reused)."""
+    """`--ckpt`, or the demo config trained once into outputs/bench/inference_synthetic_<size>px/ (reused;
+    the size in the name, so a demo that changed its input size is not measured with a stale model)."""
     if args.ckpt:
         return Path(args.ckpt)
     task, run = TRAIN_RUN
+    run = f"{run}_{demo_input_size(args.train_override)}px"
     run_dir = REPO / "outputs" / task / run
     found = sorted(run_dir.glob("**/last.ckpt"))
     if not found or not (run_dir / "test_metrics.json").is_file():

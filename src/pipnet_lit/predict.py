@@ -24,7 +24,7 @@ are batched across images and frames (``batch_size``). Options (``key=value``, n
                   torchscript: torch.set_num_threads, for the whole process)
   spinning        onnxruntime: whether its idle threads busy-wait for the next call (default false: between
                   two landmark calls predict detects, draws and encodes, and spinning threads take the cores
-                  from that work: 29 -> 43 frames/s end to end on a video, README "Predict"); true or null
+                  from that work: 29 -> 38-43 frames/s end to end on a video, README "Predict"); true or null
                   (the runtime's default, on) for a loop that only runs the model
   input           an image, a folder of images (recursive), a video file, or a webcam index (0, 1, ...)
   output          output folder (must not be the input folder)
@@ -453,6 +453,10 @@ def load_landmark_model(cfg: PredictConfig, device: str, num_landmarks: int | No
             raise PredictError(f"backend={backend} runs on the CPU: use device=cpu (or auto)")
         device = "cpu"
     _check_precision(cfg, backend, device)
+    if cfg.spinning and backend != "onnxruntime":
+        raise PredictError(
+            f"spinning=true applies to backend=onnxruntime only (this run's backend is {backend}); drop it"
+        )
     info = {"backend": backend, "precision": cfg.precision, "model": str(path) if path else None}
     if cfg.threads and backend in ("eager", "torchscript"):
         import torch
