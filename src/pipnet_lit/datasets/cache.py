@@ -135,26 +135,33 @@ def _is_float(text: str) -> bool:
     return True
 
 
-def _text_lines(path: Path) -> list[str]:
-    """The lines of a UTF-8 text file, without their line ends (`records.read_text_lines`: a file that is
-    not UTF-8 is a DataFormatError naming file and line)."""
-    return [line.rstrip("\n") for line in read_text_lines(path)]
-
-
 def read_annotations(
-    path: str | os.PathLike[str], allow_unlabeled: bool = False
+    path: str | os.PathLike[str], allow_unlabeled: bool = False, *, unique_hint: str | None = None
 ) -> list[tuple[str, np.ndarray | None]]:
     """Read an annotation file: ``<name> x1 y1 ... xL yL`` lines -> [(name, (L, 2) float64)].
 
     Blank lines are skipped; every labeled line must have the same L. With ``allow_unlabeled`` a line may
-    hold the name alone (landmarks None). Errors name the file and the 1-based line.
+    hold the name alone (landmarks None). With ``unique_hint`` a name on two lines is an error (checked
+    before any line is parsed; the hint says what to do). Errors name the file and the 1-based line.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"annotation file not found: {path}")
+    lines = read_text_lines(path, keepends=False)
+    if unique_hint is not None:
+        first_line: dict[str, int] = {}
+        for line_no, line in enumerate(lines, start=1):
+            tokens = line.split()
+            if tokens and tokens[0] in first_line:
+                raise DataFormatError(
+                    f"{path}:{line_no}: a second line for crop {tokens[0]!r} (first on line "
+                    f"{first_line[tokens[0]]}); {unique_hint}"
+                )
+            if tokens:
+                first_line[tokens[0]] = line_no
     out: list[tuple[str, np.ndarray | None]] = []
     num = None
-    for line_no, line in enumerate(_text_lines(path), start=1):
+    for line_no, line in enumerate(lines, start=1):
         tokens = line.split()
         if not tokens:
             continue
@@ -408,7 +415,7 @@ def read_split(cache_dir: str | os.PathLike[str]) -> CachedSplit:
 
 def _read_boxes(path: Path) -> dict[str, list[float]]:
     boxes = {}
-    for line_no, line in enumerate(_text_lines(path), start=1):
+    for line_no, line in enumerate(read_text_lines(path, keepends=False), start=1):
         tokens = line.split()
         if not tokens:
             continue
@@ -428,7 +435,7 @@ def _read_attributes(path: Path, names: list[str]) -> list[dict[str, Any]]:
     if not path.is_file():
         return [{} for _ in names]
     by_name = {}
-    for line_no, line in enumerate(_text_lines(path), start=1):
+    for line_no, line in enumerate(read_text_lines(path, keepends=False), start=1):
         if not line.strip():
             continue
         try:

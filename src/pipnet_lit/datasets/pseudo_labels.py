@@ -119,19 +119,7 @@ def read_pseudo_labels(folder: str | Path) -> PseudoLabels:
     if manifest is None:
         raise FileNotFoundError(f"{folder} holds no finished pseudo-labels (no readable {MANIFEST_NAME})")
     annotations = folder / ANNOTATIONS_NAME
-    if annotations.is_file():  # not UTF-8, or a crop on two lines: DataFormatError naming the line
-        first_line: dict[str, int] = {}
-        for line_no, line in enumerate(read_text_lines(annotations), start=1):
-            tokens = line.split()
-            name = tokens[0] if tokens else None
-            if name in first_line:
-                raise DataFormatError(
-                    f"{annotations}:{line_no}: a second line for crop {name!r} (first on line "
-                    f"{first_line[name]}); delete the pseudo-label folder to make it again"
-                )
-            if name is not None:
-                first_line[name] = line_no
-    entries = read_annotations(annotations)
+    entries = read_annotations(annotations, unique_hint="delete the pseudo-label folder to make it again")
     scores = _read_scores(folder / SCORES_NAME)
     names = [n for n, _ in entries]
     missing = [n for n in names if n not in scores]

@@ -57,7 +57,7 @@ def read_pts(path: str | os.PathLike[str]) -> np.ndarray:
         (L, 2) float64 array of (x, y) in the file's 1-based pixel coordinates, unchanged.
     """
     path = Path(path)
-    lines = [line.rstrip("\n") for line in read_text_lines(path, PtsFormatError)]
+    lines = read_text_lines(path, PtsFormatError, keepends=False)
     while lines and not lines[-1].strip():
         lines.pop()
     if not lines:

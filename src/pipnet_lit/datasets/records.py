@@ -12,14 +12,17 @@ import codecs
 import io
 import os
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import cv2
 import numpy as np
 
 from pipnet_lit.datasets.geometry import CropBox
+
+T = TypeVar("T")
 
 __all__ = [
     "ArrayImage",
@@ -32,6 +35,7 @@ __all__ = [
     "MissingDownloadError",
     "is_file",
     "read_text",
+    "parsed_lines",
     "read_text_lines",
 ]
 
@@ -120,7 +124,7 @@ def to_bgr_uint8(array: np.ndarray, source: str, rgb: bool = True) -> np.ndarray
     if arr.size == 0:
         raise DataFormatError(f"{source}: expected a gray or 3-channel image, got an empty array {arr.shape}")
     if arr.dtype != np.uint8:
-        if np.issubdtype(arr.dtype, np.floating) and arr.size and float(np.nanmax(arr)) <= 1.0:
+        if np.issubdtype(arr.dtype, np.floating) and float(np.nanmax(arr)) <= 1.0:
             arr = np.clip(np.round(arr * 255.0), 0, 255)
         arr = np.clip(arr, 0, 255).astype(np.uint8)
     if arr.ndim == 3 and arr.shape[2] == 1:
@@ -228,10 +232,33 @@ def read_text(path: Path, error: type[DataFormatError] = DataFormatError) -> str
     return text
 
 
-def read_text_lines(path: Path, error: type[DataFormatError] = DataFormatError) -> list[str]:
+def read_text_lines(
+    path: Path, error: type[DataFormatError] = DataFormatError, *, keepends: bool = True
+) -> list[str]:
     """The lines of a UTF-8 text file as ``open()`` iterates them (``\\n``, ``\\r\\n`` and ``\\r`` ends; each
-    line ends in ``\\n`` but maybe the last), so line numbers are an editor's; errors as :func:`read_text`."""
-    return list(io.StringIO(read_text(path, error), newline=None))
+    line ends in ``\\n`` but maybe the last; ``keepends=False``: without it), so line numbers are an
+    editor's; errors as :func:`read_text`."""
+    lines = list(io.StringIO(read_text(path, error), newline=None))
+    return lines if keepends else [line.rstrip("\n") for line in lines]
+
+
+def parsed_lines(
+    path: Path, parse: Callable[[list[str]], T], bad: BadInput, *, comment: str | None = None
+) -> Iterator[tuple[int, str, T]]:
+    """``(line number, "path:line", parse(fields))`` for each non-blank line of a UTF-8 text file (and not a
+    ``comment`` line, when given); a line whose ``parse`` raises ValueError goes to ``bad`` as
+    ``"path:line: <error>; fix or delete the line"`` and is skipped."""
+    for line_no, line in enumerate(read_text_lines(path), start=1):
+        fields = line.split()
+        if not fields or (comment is not None and fields[0].startswith(comment)):
+            continue
+        where = f"{path}:{line_no}"
+        try:
+            parsed = parse(fields)
+        except ValueError as err:
+            bad(f"{where}: {err}; fix or delete the line")
+            continue
+        yield line_no, where, parsed
 
 
 def is_file(path: Path) -> bool:

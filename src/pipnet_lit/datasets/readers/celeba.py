@@ -27,7 +27,7 @@ from pipnet_lit.datasets.records import (
     FileImage,
     MissingDownloadError,
     is_file,
-    read_text_lines,
+    parsed_lines,
     relative_key,
 )
 
@@ -100,16 +100,7 @@ def read_celeba(
     rule = BoxCelebA(float(scale), float(top_trim))
     records: list[FaceRecord] = []
     first_line: dict[str, int] = {}
-    for line_no, line in enumerate(read_text_lines(box_path), start=1):
-        fields = line.split()
-        if not fields:
-            continue
-        where = f"{box_path}:{line_no}"
-        try:
-            image_name, box = parse_box_line(fields)
-        except ValueError as err:
-            bad(f"{where}: {err}; fix or delete the line")
-            continue
+    for line_no, where, (image_name, box) in parsed_lines(box_path, parse_box_line, bad):
         name = Path(image_name).stem
         if name in first_line:
             bad(

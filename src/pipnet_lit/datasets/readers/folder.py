@@ -32,7 +32,7 @@ from pipnet_lit.datasets.records import (
     FileImage,
     MissingDownloadError,
     is_file,
-    read_text_lines,
+    parsed_lines,
     relative_key,
 )
 
@@ -155,16 +155,7 @@ def read_folder(
     if not box_path.is_file():
         raise MissingDownloadError(f"face-box file not found: {box_path}")
     entries: list[tuple[str, tuple[float, float, float, float], str]] = []
-    for line_no, line in enumerate(read_text_lines(box_path), start=1):
-        fields = line.split()
-        if not fields or fields[0].startswith("#"):
-            continue
-        where = f"{box_path}:{line_no}"
-        try:
-            rel, box = parse_box_line(fields)
-        except ValueError as err:
-            bad(f"{where}: {err}; fix or delete the line")
-            continue
+    for _, where, (rel, box) in parsed_lines(box_path, parse_box_line, bad, comment="#"):
         if not is_file(image_dir / rel):
             bad(f"{where}: image {image_dir / rel} not found (paths are relative to {image_dir})")
             continue
