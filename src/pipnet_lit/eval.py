@@ -8,8 +8,6 @@ plots, when the config has a ``callbacks`` group) all read the test pass (`PIPNe
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipnet_lit.config import check_config_dir, instantiate_group
 from pipnet_lit.evaluation import EvalPlan, EvalResults
-from pipnet_lit.files import atomic_write
+from pipnet_lit.files import write_csv_atomic
 from pipnet_lit.jobs import closing_loggers, load_trained_model, log_run_dir
 from pipnet_lit.run_results import report, tested_results
 
@@ -32,10 +30,8 @@ def write_predictions(results: dict[str, EvalResults], plan: EvalPlan, path: str
     (one per split), image by image in the loader's order, and an image in several subsets (300W ``common``
     and ``full``) gets a row for each, in the loader's subset order.
     """
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n")  # csv's default line end, as before
     num = plan.num_landmarks
-    writer.writerow(["subset", "image"] + [f"{a}{i}" for i in range(num) for a in ("x", "y")])
+    lines = [["subset", "image"] + [f"{a}{i}" for i in range(num) for a in ("x", "y")]]
     for loader in plan.loaders:
         subsets = [s for s in loader.subsets if s in results]
         rows = {s: {int(idx): r for r, idx in enumerate(results[s].indices)} for s in subsets}
@@ -46,8 +42,8 @@ def write_predictions(results: dict[str, EvalResults], plan: EvalPlan, path: str
                     continue
                 res = results[subset]
                 coords = [f"{v:.3f}" for v in res.landmarks[row].flatten().tolist()]
-                writer.writerow([subset, res.names[row], *coords])
-    return atomic_write(path, lambda tmp: tmp.write_bytes(buffer.getvalue().encode("utf-8")))
+                lines.append([subset, res.names[row], *coords])
+    return write_csv_atomic(path, lines)
 
 
 def evaluate(cfg: DictConfig) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:

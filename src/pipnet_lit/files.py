@@ -4,10 +4,12 @@ start-up) and the crop cache use the same functions."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +63,13 @@ def stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     """Write ``text`` (UTF-8, ``\\n`` line ends) to ``path`` atomically."""
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8", newline="\n"))
+
+
+def write_csv_atomic(path: str | os.PathLike[str], rows: Iterable[Sequence[Any]]) -> Path:
+    """Write ``rows`` as CSV (the csv module's default ``\\r\\n`` line ends, UTF-8) to ``path`` atomically."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\r\n").writerows(rows)
+    return atomic_write_text(path, buffer.getvalue())
 
 
 def write_json_atomic(path: str | os.PathLike[str], data: dict[str, Any]) -> Path:

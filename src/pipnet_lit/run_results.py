@@ -7,7 +7,6 @@ compare runs."""
 from __future__ import annotations
 
 import csv
-import io
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from rich.console import Console
 
-from pipnet_lit.files import atomic_write, write_json_atomic
+from pipnet_lit.files import write_csv_atomic, write_json_atomic
 from pipnet_lit.presentation import metrics_table
 
 if TYPE_CHECKING:
@@ -74,13 +73,13 @@ def write_per_image_results(results: dict[str, EvalResults], keys: list[str], pa
     order, images in index order within each subset. Values are written with ``repr`` (they read back
     bit-exact).
     """
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n")  # csv's default line end, as before
-    writer.writerow(["subset", "name", *keys])
-    for subset, res in results.items():
-        for row, name in enumerate(res.names):
-            writer.writerow([subset, name, *(repr(float(res.nmes[key][row])) for key in keys)])
-    return atomic_write(path, lambda tmp: tmp.write_bytes(buffer.getvalue().encode("utf-8")))
+    header = [["subset", "name", *keys]]
+    rows = (
+        [subset, name, *(repr(float(res.nmes[key][row])) for key in keys)]
+        for subset, res in results.items()
+        for row, name in enumerate(res.names)
+    )
+    return write_csv_atomic(path, [*header, *rows])
 
 
 def read_per_image_results(path: str | Path) -> dict[str, PerImage]:
