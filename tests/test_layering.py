@@ -48,6 +48,7 @@ FRAMEWORK_FREE = (
     "pipnet_lit.metrics",
     "pipnet_lit.models",
     "pipnet_lit.landmark_graph",
+    "pipnet_lit.random_state",
     "pipnet_lit.checkpoints",
     "pipnet_lit.evaluation",
     "pipnet_lit.inference",

@@ -12,7 +12,6 @@ Configured in ``conf/callbacks/default.yaml``; each one can be dropped, e.g. ``c
 
 from __future__ import annotations
 
-import random
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from pipnet_lit.lit_module import PIPNetModule
 from pipnet_lit.metrics.functional import ced_curve
 from pipnet_lit.models.backbones import IMAGENET_MEAN, IMAGENET_STD
 from pipnet_lit.presentation import CEDCurve, new_figure, save_figure
+from pipnet_lit.random_state import capture_global_random_state, restore_global_random_state
 from pipnet_lit.run_results import PER_IMAGE_NAME, write_per_image_results
 
 PREDICTION_COLOUR = "#ff3b30"  # red
@@ -318,33 +318,11 @@ class ResumableRandomState(L.Callback):
     Stored as plain values: checkpoints still load with ``torch.load(weights_only=True)``."""
 
     def state_dict(self) -> dict[str, Any]:
-        version, internal, gauss = random.getstate()
-        kind, keys, pos, has_gauss, cached = np.random.get_state()
-        state: dict[str, Any] = {
-            "torch": torch.get_rng_state(),
-            "numpy": [
-                kind,
-                torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-                int(pos),
-                int(has_gauss),
-                cached,
-            ],
-            "python": [version, list(internal), gauss],
-        }
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            state["cuda"] = torch.cuda.get_rng_state_all()
-        return state
+        return capture_global_random_state()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if not state_dict:
-            return
-        torch.set_rng_state(state_dict["torch"])
-        kind, keys, pos, has_gauss, cached = state_dict["numpy"]
-        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-        version, internal, gauss = state_dict["python"]
-        random.setstate((version, tuple(internal), gauss))
-        if "cuda" in state_dict and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state_dict["cuda"])
+        if state_dict:
+            restore_global_random_state(state_dict)
 
 
 class ModelCheckpoint(LightningModelCheckpoint):

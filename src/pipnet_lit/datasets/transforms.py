@@ -44,6 +44,7 @@ from albumentations.pytorch import ToTensorV2
 from torch.utils import data as torch_data
 
 from pipnet_lit.models.backbones import IMAGENET_MEAN, IMAGENET_STD  # one source for the constants
+from pipnet_lit.random_state import python_state_from_plain, python_state_to_plain
 
 
 def validate_flip_permutation(flip_permutation: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -280,19 +281,17 @@ class LandmarkTransform:
     def random_state(self) -> dict[str, Any]:
         """The pipeline's generator states as plain Python values (saved in checkpoints, so a resumed run
         draws the augmentation an uninterrupted run would have drawn)."""
-        version, internal, gauss = self.compose.py_random.getstate()
         return {
             "numpy": self.compose.random_generator.bit_generator.state,
-            "python": [version, list(internal), gauss],
+            "python": python_state_to_plain(self.compose.py_random.getstate()),
         }
 
     def load_random_state(self, state: dict[str, Any]) -> None:
         """Restore `random_state` (every transform of the pipeline shares the two generators)."""
         rng = np.random.default_rng()
         rng.bit_generator.state = state["numpy"]
-        version, internal, gauss = state["python"]
         py = random.Random()
-        py.setstate((version, tuple(internal), gauss))
+        py.setstate(python_state_from_plain(state["python"]))
         self.compose.set_random_state(rng, py)
 
     def _seed_generators(self, entropy: int | list[int] | None) -> None:

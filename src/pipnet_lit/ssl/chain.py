@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +30,7 @@ from pipnet_lit.faults import kill_point
 from pipnet_lit.files import atomic_write_text, file_sha256, read_json_object, write_json_atomic
 from pipnet_lit.jobs import Job, build_job, closing_loggers, fit_and_test, load_trained_model
 from pipnet_lit.presentation import format_metric
+from pipnet_lit.random_state import preserved_random_state
 from pipnet_lit.run_results import tested_results
 from pipnet_lit.ssl.chain_config import check_chain_config, defining_config
 from pipnet_lit.ssl.layout import (
@@ -259,24 +258,6 @@ def _pseudo_labels(
         write_json_atomic(folder / FAILED_NAME, {"key": key, "error": f"{type(err).__name__}: {err}"})
         raise
     return folder, read, diagnostics
-
-
-@contextmanager
-def preserved_random_state() -> Iterator[None]:
-    """Restore the global torch, numpy and Python generators when the block ends (CUDA's too)."""
-    import random
-
-    import numpy as np
-    import torch
-
-    python, numpy_state = random.getstate(), np.random.get_state()
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    with torch.random.fork_rng(devices=devices):
-        try:
-            yield
-        finally:
-            random.setstate(python)
-            np.random.set_state(numpy_state)
 
 
 def _make_pseudo_labels(
